@@ -1,0 +1,112 @@
+"""Versioned record schemas: the JSON Schema files in ``schemas/`` and the pyarrow schemas built from them.
+
+The JSON files are the single source of truth. :func:`arrow_schema` derives a table schema from a
+file (objects become structs, arrays lists, optional fields nullable), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import pyarrow as pa
+
+from scone_data import SCHEMA_VERSION
+
+RECORDS = ("source_image", "subject", "sample", "index_row", "reject", "manifest")
+
+
+class SchemaError(ValueError):
+    """A record does not match its schema; the message names the field (``references[0].member``)."""
+
+
+@cache
+def json_schema(name: str, version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    if name not in RECORDS:
+        raise KeyError(f"unknown record {name!r}; known: {', '.join(RECORDS)}")
+    text = resources.files("scone_data._schemas").joinpath(f"{name}.v{version}.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _validator(name: str):
+    import jsonschema
+
+    schema = json_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _path(err) -> str:
+    out = ""
+    for p in err.absolute_path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<record>"
+
+
+def validate(name: str, record: dict[str, Any]) -> None:
+    """Raise :class:`SchemaError` listing every violation of ``record`` against schema ``name``."""
+    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{_path(e)}: {e.message}" for e in errors[:20]]
+        raise SchemaError(f"invalid {name} record: " + "; ".join(lines))
+
+
+def _arrow_type(node: dict[str, Any]) -> pa.DataType:
+    t = node.get("type")
+    if isinstance(t, list):
+        t = next(x for x in t if x != "null")
+    if t == "object":
+        props = node.get("properties")
+        if not props:  # free-form object (config, augment): stored as a JSON string
+            return pa.string()
+        req = set(node.get("required", []))
+        return pa.struct([_field(k, v, k in req) for k, v in props.items()])
+    if t == "array":
+        return pa.list_(_arrow_type(node["items"]))
+    return {"string": pa.string(), "number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_()}[t]
+
+
+def _field(name: str, node: dict[str, Any], required: bool) -> pa.Field:
+    nullable = not required or (isinstance(node.get("type"), list) and "null" in node["type"])
+    return pa.field(name, _arrow_type(node), nullable=nullable)
+
+
+@cache
+def arrow_schema(name: str) -> pa.Schema:
+    """The pyarrow schema of a table whose rows are records ``name`` (field order as in the file)."""
+    s = json_schema(name)
+    req = set(s.get("required", []))
+    return pa.schema([_field(k, v, k in req) for k, v in s["properties"].items()])
+
+
+def _free_form_keys(name: str) -> list[str]:
+    s = json_schema(name)["properties"]
+    return [k for k, v in s.items() if v.get("type") == "object" and not v.get("properties")]
+
+
+def to_table(name: str, records: list[dict[str, Any]], check: bool = True) -> pa.Table:
+    """Validate ``records`` and build a table with the schema's arrow types."""
+    free = _free_form_keys(name)
+    rows = []
+    for r in records:
+        if check:
+            validate(name, r)
+        if free:
+            r = {**r, **{k: json.dumps(r[k], sort_keys=True) for k in free if k in r}}
+        rows.append(r)
+    return pa.Table.from_pylist(rows, schema=arrow_schema(name))
+
+
+def from_table(name: str, table: pa.Table) -> list[dict[str, Any]]:
+    """Rows of ``table`` as records (free-form JSON columns decoded, nulls of optional keys kept)."""
+    free = _free_form_keys(name)
+    rows = table.to_pylist()
+    for r in rows:
+        for k in free:
+            if r.get(k) is not None:
+                r[k] = json.loads(r[k])
+    return rows

@@ -1,0 +1,134 @@
+"""The one base class of every pipeline stage.
+
+A batch is a dict of equal-length columns (``dict[str, list]``); one row is one source image.
+Every row carries ``status`` (``"ok"`` or ``"rejected"``) and ``reason`` (``""`` when ok). A
+subclass overrides :meth:`process`, which sees only the rows still ok and returns the same number
+of rows; it rejects a row by setting its ``status``/``reason`` (or by calling :func:`reject`).
+Rejected rows pass through later stages untouched, so nothing is ever silently dropped.
+
+Counting, timing, lazy ``setup()`` and the ok/rejected split live here, not in subclasses.
+Settings are dataclass fields: cheap and picklable, so Ray can ship the stage to its workers;
+models load in :meth:`setup`, once per worker. GPU needs are declared by :meth:`resources`.
+No stage imports Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+OK = "ok"
+REJECTED = "rejected"
+
+Batch = dict[str, list[Any]]
+
+
+@dataclass
+class StageStats:
+    """Per-stage counters, merged across batches (and across workers by the runtime)."""
+
+    rows_in: int = 0
+    rows_ok: int = 0
+    seconds: float = 0.0
+    rejects: Counter = field(default_factory=Counter)
+
+    def merge(self, other: StageStats) -> None:
+        self.rows_in += other.rows_in
+        self.rows_ok += other.rows_ok
+        self.seconds += other.seconds
+        self.rejects.update(other.rejects)
+
+
+def batch_len(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def reject(batch: Batch, i: int, reason: str) -> None:
+    """Mark row ``i`` rejected with ``reason`` (a short snake_case code, optionally ``code: detail``)."""
+    batch["status"][i] = REJECTED
+    batch["reason"][i] = reason
+
+
+@dataclass
+class Stage:
+    """Base class: subclasses add dataclass fields (their settings) and override ``process``."""
+
+    name: ClassVar[str] = "stage"
+
+    def __post_init__(self) -> None:
+        self._ready = False
+        self.stats = StageStats()
+
+    # -- to override -------------------------------------------------------------------------
+    def validate(self) -> list[str]:
+        """Every problem with the settings, as messages naming the field; empty when fine."""
+        return []
+
+    def setup(self) -> None:
+        """Load models and other heavy state. Called once per worker, before the first batch."""
+
+    def resources(self) -> dict[str, float]:
+        """What one worker of this stage needs, e.g. ``{"num_gpus": 1.0}``."""
+        return {"num_cpus": 1.0}
+
+    def process(self, batch: Batch) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- machinery -----------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments, as plain data (used for config hashes and manifests)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def __call__(self, batch: Batch) -> Batch:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        t0 = time.perf_counter()
+        n = batch_len(batch)
+        batch = {k: list(v) for k, v in batch.items()}
+        batch.setdefault("status", [OK] * n)
+        batch.setdefault("reason", [""] * n)
+        ok_idx = [i for i in range(n) if batch["status"][i] == OK]
+        if ok_idx:
+            if len(ok_idx) == n:
+                out = self.process(batch)
+            else:
+                sub = {k: [v[i] for i in ok_idx] for k, v in batch.items()}
+                sub_out = self.process(sub)
+                out = _scatter(batch, sub_out, ok_idx)
+            if batch_len(out) != n:
+                raise RuntimeError(f"stage {self.name} changed the row count ({n} -> {batch_len(out)})")
+        else:
+            out = batch
+        dt = time.perf_counter() - t0
+        self.stats.rows_in += n
+        self.stats.seconds += dt
+        for i in ok_idx:
+            if out["status"][i] == OK:
+                self.stats.rows_ok += 1
+            else:
+                self.stats.rejects[out["reason"][i].split(":", 1)[0]] += 1
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ship settings only: models are rebuilt by setup() on the worker.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+
+def _scatter(full: Batch, sub: Batch, idx: list[int]) -> Batch:
+    """Write the processed ok-rows back into the full batch; new columns get ``None`` elsewhere."""
+    n = batch_len(full)
+    out: Batch = {}
+    for k in set(full) | set(sub):
+        col = list(full[k]) if k in full else [None] * n
+        if k in sub:
+            for j, i in enumerate(idx):
+                col[i] = sub[k][j]
+        out[k] = col
+    return out
