@@ -1,7 +1,8 @@
 """The one base class of every pipeline stage.
 
 A batch is a dict of equal-length columns (``dict[str, list]``); one row is one source image.
-Every row carries ``status`` (``"ok"`` or ``"rejected"``) and ``reason`` (``""`` when ok). A
+Every row carries ``status`` (``"ok"`` or ``"rejected"``), ``reason`` (``""`` when ok) and
+``rejected_by`` (the name of the stage that rejected it, ``"source"`` for rows a reader rejected). A
 subclass overrides :meth:`process`, which sees only the rows still ok and returns the same number
 of rows; it rejects a row by setting its ``status``/``reason`` (or by calling :func:`reject`).
 Rejected rows pass through later stages untouched, so nothing is ever silently dropped.
@@ -90,6 +91,7 @@ class Stage:
         batch = {k: list(v) for k, v in batch.items()}
         batch.setdefault("status", [OK] * n)
         batch.setdefault("reason", [""] * n)
+        batch.setdefault("rejected_by", ["" if s == OK else "source" for s in batch["status"]])
         ok_idx = [i for i in range(n) if batch["status"][i] == OK]
         if ok_idx:
             if len(ok_idx) == n:
@@ -109,6 +111,7 @@ class Stage:
             if out["status"][i] == OK:
                 self.stats.rows_ok += 1
             else:
+                out["rejected_by"][i] = self.name
                 self.stats.rejects[out["reason"][i].split(":", 1)[0]] += 1
         return out
 

@@ -1,0 +1,44 @@
+# scone-data: every command a newcomer needs. `make help` lists them.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help setup demo test lint format bench train-demo clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+setup: $(STAMP)  ## create .venv and install the pinned stack (plain pip: see ../shared/ENV.md)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo: setup  ## build the demo corpus (real photos, hand-made boxes, no weights) and validate it
+	$(BIN)/scone-data build pipelines/demo.yaml
+	$(BIN)/scone-data validate out/demo
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed, JSON in bench/out/
+	mkdir -p bench/out
+	$(BIN)/python bench/gpu_detect_segment.py --smoke --out bench/out/gpu_detect_segment_smoke.json
+	$(BIN)/python bench/gpu_train.py --smoke --out bench/out/gpu_train_smoke.json
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf out bench/out .pytest_cache

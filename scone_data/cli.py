@@ -1,0 +1,141 @@
+"""``scone-data``: build, regen, validate, stats (and weights, when the model stages are installed).
+
+Exit codes: 0 done, 1 the output is invalid / the job failed, 2 bad settings (nothing was run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("scone_data")
+
+
+def _summary(manifest: dict, out: str) -> str:
+    lines = [
+        f"output: {out}",
+        f"images {manifest['images']}  subjects {manifest['subjects']}  "
+        f"samples {manifest['samples']}  shards {len(manifest['shards'])}",
+        "",
+        "samples per task:",
+    ]
+    w = max([len(k) for k in manifest["tasks"]] + [4])
+    lines += [f"  {k:<{w}}  {v:>7}" for k, v in manifest["tasks"].items()] or ["  (none)"]
+    lines += ["samples per split:"] + [f"  {k:<{w}}  {v:>7}" for k, v in manifest["splits"].items()]
+    if manifest["rejects"]:
+        lines += ["rejected inputs, by reason:"] + [
+            f"  {k:<{w}}  {v:>7}" for k, v in manifest["rejects"].items()
+        ]
+    if manifest["pair_rejects"]:
+        lines += ["samples not made, by reason:"]
+        lines += [f"  {k:<{w}}  {v:>7}" for k, v in manifest["pair_rejects"].items()]
+    total = sum(s["bytes"] for s in manifest["shards"])
+    lines.append(f"shard bytes: {total / 1e6:.1f} MB in {Path(out) / 'shards'}")
+    return "\n".join(lines)
+
+
+def cmd_build(args) -> int:
+    from scone_data.runtime.build import build
+    from scone_data.runtime.config import load_config
+
+    over = list(args.overrides)
+    if args.ray_address:
+        over.append(f"runtime.ray_address={args.ray_address}")
+    if args.executor:
+        over.append(f"runtime.executor={args.executor}")
+    if args.output:
+        over.append(f"output={args.output}")
+    cfg = load_config(args.config, over)
+    manifest = build(cfg)
+    print(_summary(manifest, cfg["output"]))
+    return 0
+
+
+def cmd_regen(args) -> int:
+    from scone_data.runtime.build import regen
+
+    over = list(args.overrides) + ([f"runtime.executor={args.executor}"] if args.executor else [])
+    manifest = regen(args.bank, args.output, over, overwrite=args.overwrite)
+    print(_summary(manifest, args.output))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from scone_data.shards.validate import validate_output
+
+    problems = validate_output(args.output, decode_images=not args.no_decode)
+    for p in problems:
+        print(f"INVALID {p}")
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.output}")
+        return 1
+    m = json.loads((Path(args.output) / "manifest.json").read_text())
+    print(f"ok: {m['samples']} samples in {len(m['shards'])} shards, all checks passed")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    p = Path(args.output) / "manifest.json"
+    if not p.exists():
+        print(f"{args.output}: no manifest.json", file=sys.stderr)
+        return 1
+    manifest = json.loads(p.read_text())
+    print(json.dumps(manifest, indent=2) if args.json else _summary(manifest, args.output))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scone-data", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build a subject bank and shards from a pipeline YAML")
+    b.add_argument("config")
+    b.add_argument("overrides", nargs="*", help="key=value settings, e.g. pairs.val_fraction=0.1")
+    b.add_argument("--ray-address", help="attach to this Ray cluster instead of starting a local one")
+    b.add_argument("--executor", choices=["ray", "local"], help="override runtime.executor")
+    b.add_argument("--output", help="override output")
+    b.set_defaults(fn=cmd_build)
+    r = sub.add_parser("regen", help="new shards from an existing subject bank (no model runs)")
+    r.add_argument("bank", help="output directory of an earlier build")
+    r.add_argument("output", help="new output directory")
+    r.add_argument("overrides", nargs="*", help="key=value settings of pairs.*, shards.*, seed, runtime.*")
+    r.add_argument("--executor", choices=["ray", "local"])
+    r.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
+    r.set_defaults(fn=cmd_regen)
+    v = sub.add_parser("validate", help="check an output directory against its manifest and schemas")
+    v.add_argument("output")
+    v.add_argument("--no-decode", action="store_true", help="skip decoding every JPEG")
+    v.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("stats", help="print an output's counts")
+    s.add_argument("output")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_stats)
+    try:
+        from scone_data.models.weights_cli import add_weights_parser, run_weights
+    except ImportError:  # the model stages are optional for annotation-only builds
+        pass
+    else:
+        w = add_weights_parser(sub)
+        w.set_defaults(fn=run_weights)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scone_data.runtime.config import ConfigError
+    from scone_data.runtime.progress import setup_logging
+    from scone_data.shards.ledger import SettingsChanged
+
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except (ConfigError, SettingsChanged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""``build`` and ``regen``: the two jobs, top to bottom.
+
+build = validate every setting -> bank phase (units: read, decode, detect, segment, filter; one
+ledger marker per unit) -> shard phase (plan all samples from the bank, render and write shards;
+one marker per shard) -> finalize (merged rejects table, manifest). regen = the shard phase and
+finalize on an existing bank, with new pair/shard settings: no source is read, no model runs.
+
+Both phases are resumable: a rerun skips what its ledger marks done and redoes the rest from
+scratch. The final bytes never depend on how many workers ran or in what order units finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from scone_data import SCHEMA_VERSION, __version__, schemas
+from scone_data.runtime import config as C
+from scone_data.runtime.bank import Bank, ImageLoader, write_extra_rejects, write_unit
+from scone_data.runtime.progress import progress
+from scone_data.shards.files import sweep_temporaries, write_json, write_parquet
+from scone_data.shards.ledger import Ledger
+from scone_data.shards.writer import ShardWriter
+
+log = logging.getLogger("scone_data")
+
+
+# -- settings ------------------------------------------------------------------------------------
+def make_stages(cfg: dict[str, Any], problems: list[str]) -> list:
+    """The bank phase's stages, in order, built from the config (problems appended, not raised)."""
+    from scone_data.stages.decode import DecodeImages
+    from scone_data.stages.grabcut import GrabCutSegmenter
+    from scone_data.stages.subjects import SubjectFilter
+
+    stages = [C.build_dataclass(DecodeImages, "decode", cfg.get("decode"), problems)]
+    if cfg.get("detect"):
+        from scone_data.stages.detect import GroundingDinoDetector
+
+        stages.append(C.build_dataclass(GroundingDinoDetector, "detect", cfg["detect"], problems))
+    seg = dict(cfg.get("segment") or {})
+    if cfg.get("segment") is not None:
+        kind = seg.pop("type", "grabcut")
+        if kind == "grabcut":
+            stages.append(C.build_dataclass(GrabCutSegmenter, "segment", seg, problems))
+        elif kind == "sam":
+            from scone_data.stages.segment import SamSegmenter
+
+            stages.append(C.build_dataclass(SamSegmenter, "segment", seg, problems))
+        else:
+            problems.append(f"segment.type: {kind!r} is not one of grabcut, sam")
+    stages.append(C.build_dataclass(SubjectFilter, "subjects", cfg.get("subjects"), problems))
+    return stages
+
+
+def make_sources(cfg: dict[str, Any], problems: list[str]) -> list:
+    from scone_data.sources import make_source
+
+    out = []
+    for i, sc in enumerate(cfg["sources"]):
+        if not isinstance(sc, dict):
+            problems.append(f"sources[{i}]: must be a mapping with a type")
+            continue
+        sc = {"name": f"{sc.get('type', 'source')}{i}", **sc}
+        try:
+            src = make_source(sc)
+        except (ValueError, TypeError) as e:
+            problems.append(f"sources[{i}]: {e}")
+            continue
+        problems.extend(f"sources[{i}]: {p}" for p in src.validate())
+        out.append(src)
+    return out
+
+
+def make_shard_settings(cfg: dict[str, Any], problems: list[str]):
+    from scone_data.pairs import PairConfig
+
+    pairs = C.build_dataclass(
+        PairConfig, "pairs", {**(cfg.get("pairs") or {}), "seed": cfg["seed"]}, problems
+    )
+    shards = C.build_dataclass(C.ShardSettings, "shards", cfg.get("shards"), problems)
+    return pairs, shards
+
+
+def check(problems: list[str]) -> None:
+    if problems:
+        raise C.ConfigError(problems)
+
+
+# -- ray -------------------------------------------------------------------------------------------
+@contextmanager
+def ray_session(rt: C.RuntimeSettings):
+    """An embedded local Ray instance (or a connection to ``ray_address``) for the duration of a job."""
+    if rt.executor != "ray":
+        yield
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = {"address": rt.ray_address} if rt.ray_address else {"num_cpus": rt.num_cpus}
+        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = rt.progress
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cpu_workers(rt: C.RuntimeSettings) -> int:
+    if rt.cpu_workers:
+        return rt.cpu_workers
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+
+
+# -- bank phase ----------------------------------------------------------------------------------
+def plan_units(sources: list, unit_size: int) -> list[tuple[int, list[tuple[int, str]]]]:
+    refs = [(si, r) for si, s in enumerate(sources) for r in s.list_refs()]
+    return [(u, refs[i : i + unit_size]) for u, i in enumerate(range(0, len(refs), unit_size))]
+
+
+def run_bank_phase(cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings) -> None:
+    from scone_data.runtime import executor
+
+    out = Path(cfg["output"])
+    ledger = Ledger(out, "bank", C.config_hash(cfg, C.BANK_SECTIONS))
+    units = plan_units(sources, rt.unit_size)
+    todo = [u for u in units if not ledger.done(f"unit-{u[0]:05d}")]
+    for i, src in enumerate(sources):  # source-level rejects (e.g. COCO annotations of unknown images)
+        extra = getattr(src, "source_rejects", lambda: [])()
+        if extra and not ledger.done(f"source-{i:03d}"):
+            recs = [
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "stage": "source",
+                    "uri": r.get("uri", src.name),
+                    "image_id": r.get("image_id"),
+                    "reason": r["reason"],
+                    "detail": r.get("detail", ""),
+                }
+                for r in extra
+            ]
+            write_extra_rejects(out, f"source-{i:03d}", recs)
+            ledger.mark(f"source-{i:03d}", {"rejects": len(recs)})
+    log.info(
+        "bank phase: %d units (%d done before), %d images",
+        len(units),
+        len(units) - len(todo),
+        sum(len(r) for _, r in units),
+    )
+    bar = progress(total=len(units), initial=len(units) - len(todo), desc="bank units", enabled=rt.progress)
+
+    def on_unit(uid: int, batch) -> None:
+        counts = write_unit(out, uid, batch)
+        ledger.mark(f"unit-{uid:05d}", counts)
+        bar.update(1)
+
+    if rt.executor == "local":
+        executor.run_local(sources, stages, todo, on_unit)
+    else:
+        executor.run_ray(sources, stages, todo, on_unit, cpu_workers(rt))
+    bar.close()
+
+
+# -- shard phase ---------------------------------------------------------------------------------
+def render_shard(
+    out: str, name: str, plans: list, image_part: dict[str, str], pairs, provenance: dict, max_pixels: int
+) -> dict[str, Any]:
+    """Render ``plans`` into shard ``name`` (runs in a worker); returns the shard's stats."""
+    from scone_data.pairs import render_sample
+
+    loader = ImageLoader(image_part, max_pixels)
+    writer = ShardWriter(Path(out) / "shards", name)
+    failed: Counter = Counter()
+    for plan in plans:
+        try:
+            record, members = render_sample(plan, loader, pairs, provenance)
+        except Exception as e:  # a sample that cannot be drawn is counted, the shard goes on
+            failed[f"render_error: {type(e).__name__}"] += 1
+            log.warning("sample %s failed to render: %s", getattr(plan, "key", "?"), e)
+            continue
+        writer.write(record, members)
+    stats = writer.close()
+    stats["render_rejects"] = dict(failed)
+    return stats
+
+
+def shard_jobs(plans: list, samples_per_shard: int) -> list[tuple[str, list]]:
+    by_split: dict[str, list] = {}
+    for p in plans:
+        by_split.setdefault(p.split, []).append(p)
+    jobs = []
+    for split in sorted(by_split):
+        ps = by_split[split]
+        for i in range(0, len(ps), samples_per_shard):
+            jobs.append((f"{split}-{i // samples_per_shard:05d}", ps[i : i + samples_per_shard]))
+    return jobs
+
+
+def run_shard_phase(
+    cfg: dict[str, Any], bank: Bank, pairs, shards, rt: C.RuntimeSettings, provenance: dict
+) -> tuple[dict[str, dict], Counter]:
+    from scone_data.pairs import plan_samples
+
+    out = Path(cfg["output"])
+    ledger = Ledger(out, "shards", provenance["config_hash"])
+    t0 = time.perf_counter()
+    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs)
+    log.info(
+        "planned %d samples in %.1fs from %d subjects",
+        len(plans),
+        time.perf_counter() - t0,
+        len(bank.subjects),
+    )
+    jobs = shard_jobs(plans, shards.samples_per_shard)
+    max_pixels = (cfg.get("decode") or {}).get("max_pixels", 40_000_000)
+    done = {name: ledger.done(name) for name, _ in jobs}
+    todo = [(n, ps) for n, ps in jobs if not done[n]]
+    bar = progress(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", enabled=rt.progress)
+
+    if rt.executor == "local" or not todo:
+        for name, ps in todo:
+            stats = render_shard(str(out), name, ps, bank.image_part, pairs, provenance, max_pixels)
+            done[name] = _finish_shard(ledger, name, stats)
+            bar.update(1)
+    else:
+        import ray
+
+        remote = ray.remote(num_cpus=1)(render_shard)
+        parts = ray.put(bank.image_part)  # one copy in the object store, shared by every shard task
+        futures = {remote.remote(str(out), n, ps, parts, pairs, provenance, max_pixels): n for n, ps in todo}
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            name = futures.pop(ready[0])
+            done[name] = _finish_shard(ledger, name, ray.get(ready[0]))
+            bar.update(1)
+    bar.close()
+    return {n: done[n] for n, _ in jobs}, plan_rejects
+
+
+def _finish_shard(ledger: Ledger, name: str, stats: dict) -> dict:
+    ledger.mark(name, stats)
+    return ledger.done(name)
+
+
+# -- finalize ------------------------------------------------------------------------------------
+def finalize(
+    cfg: dict[str, Any],
+    kind: str,
+    bank: Bank,
+    shard_stats: dict[str, dict],
+    plan_rejects: Counter,
+    provenance: dict,
+) -> dict[str, Any]:
+    out = Path(cfg["output"])
+    rejects = bank.rejects()
+    write_parquet(
+        out / "rejects.parquet",
+        schemas.to_table("reject", rejects)
+        if rejects
+        else pa.Table.from_pylist([], schema=schemas.arrow_schema("reject")),
+    )
+    tasks: Counter = Counter()
+    splits: Counter = Counter()
+    pair_rejects = Counter(plan_rejects)
+    for name, st in shard_stats.items():
+        tasks.update(st["tasks"])
+        splits[name.split("-")[0]] += st["samples"]
+        pair_rejects.update(st.get("render_rejects", {}))
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "scone_data_version": __version__,
+        "kind": kind,
+        # runtime settings never change the bytes, so they are not part of the recorded config
+        "config": {**{k: v for k, v in cfg.items() if k != "runtime"}, "models": provenance["models"]},
+        "config_hash": provenance["config_hash"],
+        "seed": cfg["seed"],
+        "images": len(bank.images),
+        "subjects": len(bank.subjects),
+        "samples": sum(tasks.values()),
+        "tasks": dict(sorted(tasks.items())),
+        "splits": dict(sorted(splits.items())),
+        "rejects": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "pair_rejects": dict(sorted(pair_rejects.items())),
+        "shards": [
+            {"name": n, "samples": s["samples"], "bytes": s["bytes"], "sha256": s["sha256"]}
+            for n, s in sorted(shard_stats.items())
+        ],
+    }
+    schemas.validate("manifest", manifest)
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _provenance(cfg: dict[str, Any], models: list[dict]) -> dict:
+    return {
+        "builder_version": __version__,
+        "config_hash": C.config_hash(cfg, C.BANK_SECTIONS + C.SHARD_SECTIONS),
+        "seed": cfg["seed"],
+        "source": "scone-data",
+        "models": models,
+    }
+
+
+def build(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run a whole build described by a loaded config; returns the manifest."""
+    problems: list[str] = []
+    sources = make_sources(cfg, problems)
+    stages = make_stages(cfg, problems)
+    pairs, shards = make_shard_settings(cfg, problems)
+    rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
+    check(problems)
+    out = Path(cfg["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(out)
+    models = [st.model_info() for st in stages if hasattr(st, "model_info")]
+    with ray_session(rt):
+        run_bank_phase(cfg, sources, stages, rt)
+        bank = Bank(out)
+        prov = _provenance(cfg, models)
+        shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+    return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
+
+
+def regen(
+    bank_dir: str | Path, output: str | Path, overrides: list[str] | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """New shards in ``output`` from the bank of an earlier build, with ``overrides`` applied."""
+    import json
+
+    bank_dir, output = Path(bank_dir), Path(output)
+    src_manifest = (
+        json.loads((bank_dir / "manifest.json").read_text())
+        if (bank_dir / "manifest.json").exists()
+        else None
+    )
+    if not (bank_dir / "bank").is_dir():
+        raise C.ConfigError([f"{bank_dir}: no bank/ directory (not the output of a build)"])
+    if src_manifest is None:
+        raise C.ConfigError([f"{bank_dir}: no manifest.json (the build did not finish; rerun it first)"])
+    base = dict(src_manifest["config"])
+    models = base.pop("models", [])
+    base.pop("bank", None)
+    cfg = C.load_config(None, overrides, base={**base, "output": str(output)})
+    bad = [k for k in C.parse_overrides(overrides or []) if k in C.BANK_SECTIONS]
+    if bad:
+        raise C.ConfigError(
+            [f"{k}: a bank setting; regen only changes pairs, shards, seed and runtime" for k in bad]
+        )
+    problems: list[str] = []
+    pairs, shards = make_shard_settings(cfg, problems)
+    rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
+    check(problems)
+    if output.resolve() == bank_dir.resolve():
+        raise C.ConfigError(["output: regen writes to a new directory, not into the build it reads"])
+    if overwrite and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(output)
+    bank = Bank(bank_dir)
+    prov = _provenance(cfg, models)
+    with ray_session(rt):
+        shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+    cfg["bank"] = str(bank_dir)
+    return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov)

@@ -1,0 +1,163 @@
+"""Pipeline configuration: a YAML file, ``key=value`` overrides, and validation of every setting at once.
+
+A pipeline file (``pipelines/*.yaml``) has these sections; each one is the constructor of a class:
+
+  output:   directory of the run (bank/, shards/, ledger/, manifest.json, rejects.parquet)
+  seed:     integer seed of the pair builder (the bank phase draws no random numbers)
+  sources:  list of source settings, each with ``type`` (folder | parquet | coco | webdataset)
+  decode:   DecodeImages settings
+  detect:   GroundingDinoDetector settings, or null when annotations give the boxes
+  segment:  ``type: grabcut`` (no weights) or ``type: sam`` + SamSegmenter settings, or null
+  subjects: SubjectFilter settings
+  pairs:    PairConfig settings (the seed above is passed in)
+  shards:   ShardSettings
+  runtime:  RuntimeSettings (not part of any config hash: how a run executes never changes its bytes)
+
+``load_config`` resolves the file and the overrides and raises :class:`ConfigError` listing every
+problem before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SECTIONS = (
+    "output",
+    "seed",
+    "sources",
+    "decode",
+    "detect",
+    "segment",
+    "subjects",
+    "pairs",
+    "shards",
+    "runtime",
+)
+BANK_SECTIONS = ("sources", "decode", "detect", "segment", "subjects")
+SHARD_SECTIONS = ("seed", "pairs", "shards")
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class ShardSettings:
+    samples_per_shard: int = (
+        256  # ~25-60 MB per tar at 512-1024 px JPEGs: big enough to stream, small to retry
+    )
+
+    def validate(self) -> list[str]:
+        return [] if self.samples_per_shard >= 1 else ["shards.samples_per_shard: must be >= 1"]
+
+
+@dataclass
+class RuntimeSettings:
+    executor: str = "ray"  # "ray" (embedded local instance unless ray_address) or "local" (in-process)
+    ray_address: str | None = None
+    unit_size: int = 16  # source images per work unit: the granularity of resume and of bank part files
+    cpu_workers: int | None = None  # CPU actors; default: the CPUs Ray sees
+    num_cpus: int | None = None  # CPUs of the embedded Ray instance; default: all
+    progress: bool = True
+
+    def validate(self) -> list[str]:
+        errs = []
+        if self.executor not in ("ray", "local"):
+            errs.append(f"runtime.executor: {self.executor!r} is not one of ray, local")
+        if self.unit_size < 1:
+            errs.append("runtime.unit_size: must be >= 1")
+        if self.cpu_workers is not None and self.cpu_workers < 1:
+            errs.append("runtime.cpu_workers: must be >= 1")
+        return errs
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["pairs.seed=3", "runtime.executor=local"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError([f"override {item!r}: expected key=value"])
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # safe_load: a config never executes code
+    except FileNotFoundError as e:
+        raise ConfigError([f"{path}: no such file"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    return data
+
+
+def build_dataclass(cls, section: str, settings: dict[str, Any] | None, problems: list[str], **extra):
+    """Instantiate ``cls(**settings)``, recording unknown keys and constructor errors in ``problems``."""
+    settings = dict(settings or {})
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(settings) - names)
+    for k in unknown:
+        problems.append(f"{section}.{k}: unknown setting (known: {', '.join(sorted(names))})")
+    try:
+        obj = cls(**{k: v for k, v in settings.items() if k in names}, **extra)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{section}: {e}")
+        return None
+    if hasattr(obj, "validate"):
+        problems.extend(p if p.startswith(section) else f"{section}: {p}" for p in obj.validate())
+    return obj
+
+
+def config_hash(cfg: dict[str, Any], sections: tuple[str, ...]) -> str:
+    blob = json.dumps({k: cfg.get(k) for k in sections}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
+) -> dict:
+    """Read ``path`` (or start from ``base``), apply overrides, check the section names and types."""
+    cfg = read_yaml(path) if path is not None else copy.deepcopy(base or {})
+    cfg = merge(cfg, parse_overrides(overrides or []))
+    problems = [f"{k}: unknown section (known: {', '.join(SECTIONS)})" for k in cfg if k not in SECTIONS]
+    if not cfg.get("output"):
+        problems.append("output: required (the run's directory)")
+    if not isinstance(cfg.get("seed", 0), int):
+        problems.append("seed: must be an integer")
+    srcs = cfg.get("sources")
+    if not isinstance(srcs, list) or not srcs:
+        problems.append("sources: a non-empty list of sources is required")
+    for k in ("decode", "detect", "segment", "subjects", "pairs", "shards", "runtime"):
+        if cfg.get(k) is not None and not isinstance(cfg[k], dict):
+            problems.append(f"{k}: must be a mapping or null")
+    if problems:
+        raise ConfigError(problems)
+    cfg.setdefault("seed", 0)
+    return cfg

@@ -1,0 +1,132 @@
+"""Running the bank phase's work units, in-process or on Ray Data.
+
+A unit is a fixed list of source refs. :class:`UnitRunner` reads them and runs every stage in
+order; it is what both executors call:
+
+- ``local``: units one after another in this process (tests, the GPU machine without Ray, small jobs).
+- ``ray``: Ray Data. Consecutive CPU stages are fused with the reader into one actor pool (no
+  object-store hop between them, and no CPU-actor deadlock on small machines); each GPU stage gets
+  its own actor pool with the ``num_gpus`` the stage declares. The driver receives finished rows,
+  reassembles units and hands each complete unit to ``on_unit`` (which writes it and marks the
+  ledger), so a unit is recorded only when every one of its rows is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from scone_data.runtime import transport
+from scone_data.sources import Source
+from scone_data.stages.base import Batch, Stage
+
+log = logging.getLogger(__name__)
+Unit = tuple[int, list[tuple[int, str]]]  # (unit id, [(source index, ref), ...])
+
+
+def read_unit(sources: list[Source], unit: Unit) -> Batch:
+    """Rows of one unit, in the unit's order, with ``unit`` and ``pos`` columns."""
+    uid, refs = unit
+    by_src: dict[int, list[int]] = {}
+    for pos, (si, _) in enumerate(refs):
+        by_src.setdefault(si, []).append(pos)
+    rows: list[dict[str, Any] | None] = [None] * len(refs)
+    for si, positions in by_src.items():
+        got = sources[si].read([refs[p][1] for p in positions])
+        n = len(next(iter(got.values()))) if got else 0
+        if n != len(positions):
+            raise RuntimeError(f"source {sources[si].name} returned {n} rows for {len(positions)} refs")
+        for j, p in enumerate(positions):
+            rows[p] = {k: v[j] for k, v in got.items()}
+    cols = sorted(set().union(*(r.keys() for r in rows))) if rows else []
+    batch = {k: [r.get(k) for r in rows] for k in cols}
+    batch["unit"] = [uid] * len(rows)
+    batch["pos"] = list(range(len(rows)))
+    return batch
+
+
+def run_stages(stages: list[Stage], batch: Batch) -> Batch:
+    for st in stages:
+        batch = st(batch)
+    return batch
+
+
+def split_segments(stages: list[Stage]) -> list[list[Stage]]:
+    """Group consecutive stages by whether they need a GPU (each GPU stage stands alone)."""
+    segs: list[list[Stage]] = []
+    for st in stages:
+        gpu = st.resources().get("num_gpus", 0) > 0
+        if gpu or not segs or segs[-1][-1].resources().get("num_gpus", 0) > 0:
+            segs.append([st])
+        else:
+            segs[-1].append(st)
+    return segs
+
+
+def run_local(sources: list[Source], stages: list[Stage], units: list[Unit], on_unit: Callable) -> None:
+    for unit in units:
+        on_unit(unit[0], run_stages(stages, read_unit(sources, unit)))
+
+
+class _RaySegment:
+    """A Ray Data callable class: optionally reads units, then runs a fused list of stages."""
+
+    def __init__(self, stages: list[Stage], sources: list[Source] | None = None):
+        self.stages, self.sources = stages, sources
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = transport.decode(batch)
+        if self.sources is not None:
+            parts = [
+                read_unit(self.sources, (u, [tuple(r) for r in refs]))
+                for u, refs in zip(rows["unit"], rows["refs"])
+            ]
+            rows = {
+                k: [v for p in parts for v in p.get(k, [None] * len(p["pos"]))] for k in set().union(*parts)
+            }
+        return transport.encode(run_stages(self.stages, rows))
+
+
+def run_ray(
+    sources: list[Source], stages: list[Stage], units: list[Unit], on_unit: Callable, cpu_workers: int
+) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    if not units:
+        return
+    # One block per unit so Ray can spread units over the actor pool; refs travel as JSON.
+    items = [{"unit": u, "refs": transport.encode({"refs": [refs]})["refs"][0]} for u, refs in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    segs = split_segments(stages)
+    for i, seg in enumerate(segs):
+        gpus = seg[0].resources().get("num_gpus", 0)
+        size = max(1, int(ray.available_resources().get("GPU", 1))) if gpus else cpu_workers
+        ds = ds.map_batches(
+            _RaySegment,
+            fn_constructor_kwargs={"stages": seg, "sources": sources if i == 0 else None},
+            batch_size=1 if i == 0 else getattr(seg[0], "batch_size", 8),
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=min(size, len(units))),
+            num_gpus=gpus or None,
+            num_cpus=1 if i == 0 else (0.5 if not gpus else 0),
+        )
+    pending: dict[int, list[Batch]] = {}
+    expected = {u: len(refs) for u, refs in units}
+    got: dict[int, int] = {}
+    for raw in _iter(ds):
+        rows = transport.decode(raw)
+        n = len(rows["unit"])
+        for j in range(n):
+            u = rows["unit"][j]
+            pending.setdefault(u, []).append({k: v[j] for k, v in rows.items()})
+            got[u] = got.get(u, 0) + 1
+            if got[u] == expected[u]:
+                rs = pending.pop(u)
+                keys = set().union(*(r.keys() for r in rs))
+                on_unit(u, {k: [r.get(k) for r in rs] for k in keys})
+
+
+def _iter(ds) -> Iterator[dict[str, Any]]:
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
