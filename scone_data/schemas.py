@@ -83,30 +83,39 @@ def arrow_schema(name: str) -> pa.Schema:
     return pa.schema([_field(k, v, k in req) for k, v in s["properties"].items()])
 
 
-def _free_form_keys(name: str) -> list[str]:
-    s = json_schema(name)["properties"]
-    return [k for k, v in s.items() if v.get("type") == "object" and not v.get("properties")]
+def _is_free(node: dict[str, Any]) -> bool:
+    t = node.get("type")
+    return (t == "object" or (isinstance(t, list) and "object" in t)) and not node.get("properties")
+
+
+def _convert(node: dict[str, Any], value: Any, fn) -> Any:
+    """Apply ``fn`` to every value that sits at a free-form object in the schema (at any depth)."""
+    if value is None:
+        return None
+    if _is_free(node):
+        return fn(value)
+    if node.get("properties") and isinstance(value, dict):
+        props = node["properties"]
+        return {k: (_convert(props[k], v, fn) if k in props else v) for k, v in value.items()}
+    if "items" in node and isinstance(value, list):
+        return [_convert(node["items"], v, fn) for v in value]
+    return value
 
 
 def to_table(name: str, records: list[dict[str, Any]], check: bool = True) -> pa.Table:
-    """Validate ``records`` and build a table with the schema's arrow types."""
-    free = _free_form_keys(name)
+    """Validate ``records`` and build a table with the schema's arrow types.
+
+    Free-form objects (no declared properties: ``config``, ``augment``) are stored as JSON strings."""
+    s = json_schema(name)
     rows = []
     for r in records:
         if check:
             validate(name, r)
-        if free:
-            r = {**r, **{k: json.dumps(r[k], sort_keys=True) for k in free if k in r}}
-        rows.append(r)
+        rows.append(_convert(s, r, lambda v: json.dumps(v, sort_keys=True)))
     return pa.Table.from_pylist(rows, schema=arrow_schema(name))
 
 
 def from_table(name: str, table: pa.Table) -> list[dict[str, Any]]:
-    """Rows of ``table`` as records (free-form JSON columns decoded, nulls of optional keys kept)."""
-    free = _free_form_keys(name)
-    rows = table.to_pylist()
-    for r in rows:
-        for k in free:
-            if r.get(k) is not None:
-                r[k] = json.loads(r[k])
-    return rows
+    """Rows of ``table`` as records (free-form JSON columns decoded)."""
+    s = json_schema(name)
+    return [_convert(s, r, json.loads) for r in table.to_pylist()]

@@ -1,0 +1,68 @@
+"""Small builders shared by tests (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (24, 32)) -> bytes:
+    img = np.zeros((*size, 3), np.uint8)
+    img[:] = color
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def make_sample(key: str, n_refs: int = 1, task: str = "composition_single", split: str = "train"):
+    """A valid Sample record and its members (tiny solid-colour JPEGs)."""
+    refs = []
+    for i in range(n_refs):
+        refs.append(
+            {
+                "member": f"ref{i}.jpg",
+                "width": 32,
+                "height": 24,
+                "kind": "cutout",
+                "candidates": [
+                    {
+                        "subject_id": f"img{i}-000",
+                        "label": "cup",
+                        "box_xyxy": [1.0, 2.0, 20.0, 22.0],
+                        "intended": True,
+                        "source_image_id": f"img{i}",
+                    }
+                ],
+                "subject_list": ["cup"],
+                "subject_label": ["cup"],
+                "expression": None,
+                "augment": {},
+            }
+        )
+    rec = {
+        "schema_version": 1,
+        "key": key,
+        "task": task,
+        "split": split,
+        "instruction": "Put the cup from image 1 on a table.",
+        "references": refs,
+        "target": {
+            "member": "target.jpg",
+            "image_id": "img0",
+            "width": 32,
+            "height": 24,
+            "boxes": [
+                {"subject_id": "img0-000", "label": "cup", "box_xyxy": [1.0, 2.0, 20.0, 22.0], "ref_index": 0}
+            ],
+        },
+        "provenance": {
+            "builder_version": "test",
+            "config_hash": "0" * 16,
+            "seed": 0,
+            "source": "test",
+            "models": [],
+        },
+    }
+    members = {f"ref{i}.jpg": jpeg((40 * i, 100, 200)) for i in range(n_refs)}
+    members["target.jpg"] = jpeg((200, 50, 50))
+    return rec, members
