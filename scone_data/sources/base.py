@@ -1,0 +1,191 @@
+"""The base class of every source, the row it emits, and path helpers.
+
+A source turns a configured location into rows (one per source image) with the columns in
+:data:`COLUMNS`. :meth:`Source.list_refs` is cheap (no decoding) and deterministic; the runtime
+splits the refs into fixed-size work units and calls :meth:`Source.read` on each. A source never
+raises for bad data: an item it cannot read comes out as a row with ``status="rejected"`` and a
+``reason``; only bad *settings* raise (listed by :meth:`Source.validate`).
+
+Reject reasons shared by sources (each source's module lists its own):
+
+- ``missing_file``: the file does not exist (or is a broken symlink).
+- ``unreadable_file: <detail>``: the OS refused to read it.
+- ``file_too_large: <n> bytes``: bigger than the source's ``max_file_bytes``.
+- ``path_outside_root``: a relative path or symlink leads outside the configured root.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from scone_data.stages.base import OK, REJECTED
+
+# The columns of every source row, in this order (see the row contract in DESIGN.md / issue 2).
+COLUMNS = (
+    "uri",
+    "source",
+    "image_bytes",
+    "image_id",
+    "caption",
+    "group_id",
+    "license",
+    "annotations",
+    "status",
+    "reason",
+)
+
+# Largest single file (image, caption, annotation member) a source reads into memory. A 40 MP
+# image is well under 100 MiB even as TIFF; anything bigger is far more likely junk than data.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+PKG_SCHEME = "pkg://"
+
+
+def resolve_path(p: str) -> str:
+    """A config or data path -> a filesystem path.
+
+    ``pkg://<package>/<relative path>`` resolves inside an importable package's directory
+    (``pkg://skimage/data/astronaut.png``); anything else is a plain path (``~`` expanded).
+    Raises ValueError when the package cannot be found.
+    """
+    if not p.startswith(PKG_SCHEME):
+        return os.path.expanduser(p)
+    rest = p[len(PKG_SCHEME) :]
+    pkg, _, rel = rest.partition("/")
+    if not pkg:
+        raise ValueError(f"{p!r}: no package name after {PKG_SCHEME}")
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{p!r}: cannot import package {pkg!r} ({e})") from None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{p!r}: {pkg!r} is not an importable package")
+    base = list(spec.submodule_search_locations)[0]
+    return os.path.join(base, *rel.split("/")) if rel else base
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when ``path`` (after resolving symlinks and ``..``) lies inside ``root``."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
+    """Read a whole file: ``(data, "")`` or ``(None, reason)`` with a reason from the module docstring."""
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            return None, f"file_too_large: {size} bytes"
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None, "missing_file"
+    except OSError as e:
+        return None, f"unreadable_file: {type(e).__name__}: {e}"[:200]
+    if len(data) > max_bytes:  # grew while we read it
+        return None, f"file_too_large: >{max_bytes} bytes"
+    return data, ""
+
+
+def make_row(uri: str, source: str, **values: Any) -> dict[str, Any]:
+    """One row with every column of :data:`COLUMNS` (missing ones ``None``; status ok)."""
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"unknown row columns: {sorted(unknown)}")
+    row = dict.fromkeys(COLUMNS)
+    row.update(uri=uri, source=source, status=OK, reason="")
+    row.update(values)
+    return row
+
+
+def rejected_row(uri: str, source: str, reason: str, **values: Any) -> dict[str, Any]:
+    """A row that is already rejected with ``reason`` (``code`` or ``code: detail``)."""
+    return make_row(uri, source, **values) | {"status": REJECTED, "reason": reason}
+
+
+def to_batch(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Rows -> a batch of equal-length columns, in :data:`COLUMNS` order."""
+    return {c: [r[c] for r in rows] for c in COLUMNS}
+
+
+def decode_text(data: bytes) -> str | None:
+    """Caption bytes -> stripped text (UTF-8, BOM dropped, bad bytes replaced); ``None`` if empty."""
+    text = data.decode("utf-8-sig", errors="replace").strip()
+    return text or None
+
+
+@dataclass(kw_only=True)
+class Source:
+    """Base class: subclasses add their settings as fields and implement the three methods."""
+
+    type: ClassVar[str] = "source"
+    name: str
+
+    def validate(self) -> list[str]:
+        """Every problem with the settings, as messages naming the field; empty when fine."""
+        problems = []
+        if not isinstance(self.name, str) or not self.name.strip():
+            problems.append(f"name: must be a non-empty string, got {self.name!r}")
+        return problems
+
+    def list_refs(self) -> list[str]:
+        """Every item of the source, in a deterministic order; no image is decoded."""
+        raise NotImplementedError
+
+    def read(self, refs: list[str]) -> dict[str, list]:
+        """Rows for ``refs`` (in their order) as a batch with the columns of :data:`COLUMNS`."""
+        raise NotImplementedError
+
+    def source_rejects(self) -> list[dict[str, Any]]:
+        """Rejects tied to no ref (e.g. COCO annotations of unknown images), as reject records
+        (``schemas/reject.v1.json``); the runtime writes them once per source. Default: none."""
+        return []
+
+    def read_all(self) -> dict[str, list]:
+        """Every row of the source in one batch (small sources, tests)."""
+        return self.read(self.list_refs())
+
+
+def check_positive_int(problems: list[str], field: str, value: Any) -> None:
+    """Append a message naming ``field`` unless ``value`` is an int >= 1 (bools are not ints here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{field}: must be an integer >= 1, got {value!r}")
+
+
+def check_optional_str(problems: list[str], field: str, value: Any) -> None:
+    """Append a message naming ``field`` unless ``value`` is ``None`` or a non-empty string."""
+    if value is not None and (not isinstance(value, str) or not value):
+        problems.append(f"{field}: must be a non-empty string or null, got {value!r}")
+
+
+def expand_paths(paths: str | list[str]) -> tuple[list[str], list[str]]:
+    """``(files, problems)``: the files one path/glob (or a list of them) names, sorted per pattern,
+    without repeats; a pattern that matches nothing is a problem naming the ``paths`` setting."""
+    pats = [paths] if isinstance(paths, str) else list(paths)
+    out: list[str] = []
+    problems: list[str] = []
+    for pat in pats:
+        try:
+            p = resolve_path(pat)
+        except ValueError as e:
+            problems.append(f"paths: {e}")
+            continue
+        found = sorted(glob.glob(p)) if glob.has_magic(p) else ([p] if os.path.isfile(p) else [])
+        if not found:
+            problems.append(f"paths: {pat!r} matches no file")
+        out.extend(f for f in found if f not in out)
+    return out, problems
+
+
+def check_paths(problems: list[str], paths: Any) -> bool:
+    """Append a message unless ``paths`` is a non-empty string or list of them; True when fine."""
+    ok = (isinstance(paths, str) and bool(paths)) or (
+        isinstance(paths, list) and bool(paths) and all(isinstance(p, str) and p for p in paths)
+    )
+    if not ok:
+        problems.append(f"paths: must be a path/glob or a non-empty list of them, got {paths!r}")
+    return ok

@@ -1,0 +1,150 @@
+"""Images in a folder tree.
+
+Every regular file under ``root`` (recursively) is listed, except hidden files and folders (names
+starting with ``.``, e.g. ``.DS_Store``, ``.git``), which are skipped without a row. Image files
+are those with the extensions in :data:`IMAGE_EXTENSIONS` (any case); their bytes are decoded by
+content later, so a PNG named ``.jpg`` is fine. A ``.txt`` file with the same stem beside an image
+is that image's caption and gets no row of its own. Refs are paths relative to ``root`` (POSIX
+separators), sorted. ``uri`` is the absolute path; ``image_id`` is left ``None`` (content hash).
+
+Symlinks: a file symlink is read when its target lies inside ``root``; symlinked folders are not
+descended (that could loop or list files twice) but get a reject row.
+
+Reject reasons (beside those of :mod:`scone_data.sources.base`):
+
+- ``unsupported_extension``: not an image extension and not a caption sidecar.
+- ``symlink_outside_root``: a symlink whose target is outside ``root`` (not followed).
+- ``symlinked_dir``: a symlink to a folder (not descended).
+- ``bad_caption: <reason>``: the caption sidecar could not be read (reason as for files).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from scone_data.sources.base import (
+    MAX_FILE_BYTES,
+    Source,
+    check_positive_int,
+    decode_text,
+    is_within,
+    make_row,
+    read_file_capped,
+    rejected_row,
+    resolve_path,
+    to_batch,
+)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+CAPTION_EXTENSION = ".txt"
+# Captions are a sentence or a paragraph; a bigger .txt is not a caption.
+MAX_CAPTION_BYTES = 1024 * 1024
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _ext(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+@dataclass(kw_only=True)
+class FolderSource(Source):
+    """``root``: a folder (plain path or ``pkg://``); ``max_file_bytes``: per-file read cap."""
+
+    type: ClassVar[str] = "folder"
+    root: str
+    max_file_bytes: int = MAX_FILE_BYTES
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        check_positive_int(problems, "max_file_bytes", self.max_file_bytes)
+        if not isinstance(self.root, str) or not self.root:
+            problems.append(f"root: must be a non-empty string, got {self.root!r}")
+            return problems
+        try:
+            root = resolve_path(self.root)
+        except ValueError as e:
+            problems.append(f"root: {e}")
+            return problems
+        if not os.path.isdir(root):
+            problems.append(f"root: {root!r} is not a folder")
+        return problems
+
+    @property
+    def _root(self) -> str:
+        return os.path.abspath(resolve_path(self.root))
+
+    def list_refs(self) -> list[str]:
+        root = self._root
+        refs: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            keep = []
+            for d in sorted(dirnames):
+                if _hidden(d):
+                    continue
+                if os.path.islink(os.path.join(dirpath, d)):
+                    refs.append(rel_dir + d)  # listed so it is rejected, never descended
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
+            visible = [f for f in filenames if not _hidden(f)]
+            image_stems = {os.path.splitext(f)[0] for f in visible if _ext(f) in IMAGE_EXTENSIONS}
+            for f in visible:
+                if _ext(f) == CAPTION_EXTENSION and os.path.splitext(f)[0] in image_stems:
+                    continue  # a caption sidecar, read with its image
+                refs.append(rel_dir + f)
+        return sorted(refs)
+
+    def read(self, refs: list[str]) -> dict[str, list]:
+        root = self._root
+        sidecars: dict[str, dict[str, str]] = {}  # folder -> stem -> caption file name
+        return to_batch([self._read_one(root, ref, sidecars) for ref in refs])
+
+    def _read_one(self, root: str, ref: str, sidecars: dict[str, dict[str, str]]) -> dict:
+        path = os.path.join(root, *ref.split("/"))
+        uri = path
+        if os.path.isabs(ref) or ".." in ref.split("/"):
+            return rejected_row(uri, self.name, "path_outside_root")
+        if os.path.islink(path):
+            if not is_within(path, root):
+                return rejected_row(uri, self.name, "symlink_outside_root")
+            if os.path.isdir(path):
+                return rejected_row(uri, self.name, "symlinked_dir")
+        if _ext(path) not in IMAGE_EXTENSIONS:
+            return rejected_row(uri, self.name, "unsupported_extension")
+        data, reason = read_file_capped(path, self.max_file_bytes)
+        if data is None:
+            return rejected_row(uri, self.name, reason)
+        caption, reason = self._caption(root, path, sidecars)
+        if reason:
+            return rejected_row(uri, self.name, f"bad_caption: {reason}")
+        return make_row(uri, self.name, image_bytes=data, caption=caption, annotations=None)
+
+    def _caption(self, root: str, path: str, sidecars: dict[str, dict[str, str]]) -> tuple[str | None, str]:
+        folder, name = os.path.split(path)
+        if folder not in sidecars:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            # Sorted so that, of a.txt and a.TXT, the same one always wins.
+            sidecars[folder] = {}
+            for n in sorted(names, reverse=True):
+                if _ext(n) == CAPTION_EXTENSION and not _hidden(n):
+                    sidecars[folder][os.path.splitext(n)[0]] = n
+        cap_name = sidecars[folder].get(os.path.splitext(name)[0])
+        if cap_name is None:
+            return None, ""
+        cap_path = os.path.join(folder, cap_name)
+        if not is_within(cap_path, root):
+            return None, "symlink_outside_root"
+        data, reason = read_file_capped(cap_path, MAX_CAPTION_BYTES)
+        if data is None:
+            return None, reason
+        return decode_text(data), ""

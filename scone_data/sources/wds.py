@@ -1,0 +1,210 @@
+"""Samples from WebDataset tars.
+
+``paths`` is one path or glob, or a list of them. Members are grouped into samples by key the way
+WebDataset does (``dir/000123.jpg`` -> key ``dir/000123``, extension ``jpg``), but by key over
+the whole tar rather than by adjacency, and with :mod:`tarfile` read defensively: member names
+and types are checked from the headers and nothing is ever extracted to disk.
+
+A sample's image is its first member with extension ``jpg``, ``jpeg``, ``png``, ``webp`` (in that
+order); ``txt`` or ``caption`` is its caption; a ``json`` object may carry ``caption`` (used when
+there is no text member), ``group_id`` and ``license``. ``image_id`` is left ``None`` (content
+hash): keys are only unique within one shard. Refs and ``uri``: ``<tar>#<key>``; two refs are
+special: ``<tar>#!unreadable`` (the tar cannot be opened) and ``<tar>#!truncated`` (the tar ends
+inside a header, so the rest of it is lost).
+
+Reject reasons (beside ``missing_file`` of :mod:`scone_data.sources.base`), on the whole sample:
+
+- ``unsafe_path: <member>``: absolute name or a ``..`` component.
+- ``link_member: <member>``: a symlink or hardlink.  ``special_member: <member>``: a device, fifo...
+- ``member_too_large: <member> (<n> bytes)``: above ``max_member_bytes``.
+- ``duplicate_member: <member>``: the same key and extension twice.
+- ``no_image``: no member with an image extension.  ``bad_json: <detail>``: json not an object.
+- ``truncated_tar``: a member's data is cut off, or (ref ``#!truncated``) the rest of the tar.
+- ``unreadable_tar: <detail>``: not a tar.  ``bad_ref``: a key that is not in the tar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from webdataset.tariterators import base_plus_ext
+
+from scone_data.sources.base import (
+    Source,
+    check_paths,
+    check_positive_int,
+    decode_text,
+    expand_paths,
+    make_row,
+    rejected_row,
+    to_batch,
+)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # priority order
+CAPTION_EXTENSIONS = ("txt", "caption")
+# Largest member read into memory: a 40 MP PNG is ~120 MB at worst but real shards hold JPEGs of
+# a few MB; 64 MiB rejects junk without rejecting real images.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# Bytes after the last header that are checked to be the zero end-of-archive blocks.
+TAIL_CHECK_BYTES = 64 * 1024
+UNREADABLE, TRUNCATED = "!unreadable", "!truncated"
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+@dataclass
+class _Scan:
+    """One pass over a tar's headers."""
+
+    tar: tarfile.TarFile | None = None
+    error: str = ""
+    samples: dict[str, dict[str, tarfile.TarInfo]] = field(default_factory=dict)  # key -> ext -> member
+    problems: dict[str, str] = field(default_factory=dict)  # key -> first reject reason
+    truncated_rest: bool = False
+
+    def flag(self, key: str, reason: str) -> None:
+        self.problems.setdefault(key, reason[:200])
+
+
+def _scan(path: str, max_member_bytes: int) -> _Scan:
+    try:
+        size = os.path.getsize(path)
+        tar = tarfile.open(path, mode="r:*")
+    except FileNotFoundError:
+        return _Scan(error="missing_file")
+    except (*_READ_ERRORS, ValueError) as e:
+        return _Scan(error=f"unreadable_tar: {type(e).__name__}: {e}")
+    s = _Scan(tar=tar)
+    # A plain tar is read through a BufferedReader; offsets are then file offsets we can check.
+    compressed = not isinstance(tar.fileobj, io.BufferedReader)
+    any_member_cut = False
+    while True:
+        try:
+            m = tar.next()
+        except _READ_ERRORS:
+            s.truncated_rest = True
+            break
+        if m is None:
+            break
+        if m.isdir():
+            continue  # folders carry no data
+        key, ext = base_plus_ext(m.name)
+        key, ext = (m.name, "") if key is None else (key, ext.lower())
+        sample = s.samples.setdefault(key, {})
+        if m.name.startswith("/") or ".." in m.name.split("/"):
+            s.flag(key, f"unsafe_path: {m.name}")
+        elif m.issym() or m.islnk():
+            s.flag(key, f"link_member: {m.name}")
+        elif not m.isfile():
+            s.flag(key, f"special_member: {m.name}")
+        elif m.size > max_member_bytes:
+            s.flag(key, f"member_too_large: {m.name} ({m.size} bytes)")
+        elif ext in sample:
+            s.flag(key, f"duplicate_member: {m.name}")
+        elif not compressed and m.offset_data + m.size > size:
+            s.flag(key, "truncated_tar")
+            any_member_cut = True
+        sample.setdefault(ext, m)
+    if not s.truncated_rest:
+        # tarfile ends silently on a partial header; a cut tar leaves non-zero bytes (or none) here.
+        try:
+            tar.fileobj.seek(tar.offset)
+            tail = tar.fileobj.read(TAIL_CHECK_BYTES)
+            s.truncated_rest = len(tail) < 1024 or any(tail)
+        except _READ_ERRORS:
+            s.truncated_rest = True
+    s.truncated_rest = s.truncated_rest and not any_member_cut  # that loss is already on its sample
+    return s
+
+
+@dataclass(kw_only=True)
+class WebDatasetSource(Source):
+    """WebDataset tars; see the module docstring. ``max_member_bytes`` caps each member read."""
+
+    type: ClassVar[str] = "webdataset"
+    paths: str | list[str]
+    max_member_bytes: int = MAX_MEMBER_BYTES
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        check_positive_int(problems, "max_member_bytes", self.max_member_bytes)
+        if check_paths(problems, self.paths):
+            problems += expand_paths(self.paths)[1]
+        return problems
+
+    def list_refs(self) -> list[str]:
+        refs = []
+        for path in expand_paths(self.paths)[0]:
+            s = _scan(path, self.max_member_bytes)
+            if s.tar is None:
+                refs.append(f"{path}#{UNREADABLE}")
+                continue
+            s.tar.close()
+            refs.extend(f"{path}#{key}" for key in s.samples)
+            if s.truncated_rest:
+                refs.append(f"{path}#{TRUNCATED}")
+        return refs
+
+    def read(self, refs: list[str]) -> dict[str, list]:
+        rows: list[dict | None] = [None] * len(refs)
+        by_tar: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for pos, ref in enumerate(refs):
+            path, sep, key = ref.partition("#")
+            if not sep:
+                rows[pos] = rejected_row(ref, self.name, "bad_ref")
+            else:
+                by_tar[path].append((pos, key))
+        for path, wanted in by_tar.items():
+            s = _scan(path, self.max_member_bytes)  # one open and one header pass per tar per call
+            try:
+                for pos, key in wanted:
+                    rows[pos] = self._sample(s, path, key)
+            finally:
+                if s.tar is not None:
+                    s.tar.close()
+        return to_batch(rows)
+
+    def _sample(self, s: _Scan, path: str, key: str) -> dict:
+        uri = f"{path}#{key}"
+        if s.tar is None:
+            return rejected_row(uri, self.name, s.error[:200])
+        if key == TRUNCATED:
+            return rejected_row(uri, self.name, "truncated_tar")
+        members = s.samples.get(key)
+        if members is None:
+            return rejected_row(uri, self.name, "bad_ref")
+        if key in s.problems:
+            return rejected_row(uri, self.name, s.problems[key])
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+        if image_ext is None:
+            return rejected_row(uri, self.name, "no_image")
+        try:
+            image = s.tar.extractfile(members[image_ext]).read()
+            texts = {
+                e: s.tar.extractfile(members[e]).read() for e in (*CAPTION_EXTENSIONS, "json") if e in members
+            }
+        except _READ_ERRORS:
+            return rejected_row(uri, self.name, "truncated_tar")
+        meta: dict = {"caption": None, "group_id": None, "license": None}
+        if "json" in texts:
+            try:
+                obj = json.loads(texts["json"])
+            except (ValueError, UnicodeDecodeError) as e:
+                return rejected_row(uri, self.name, f"bad_json: {e}"[:200])
+            if not isinstance(obj, dict):
+                return rejected_row(uri, self.name, f"bad_json: {type(obj).__name__}, not an object")
+            for k in meta:
+                v = obj.get(k)
+                if isinstance(v, (str, int)) and not isinstance(v, bool) and v != "":
+                    meta[k] = str(v).strip() if k == "caption" else str(v)
+        for e in CAPTION_EXTENSIONS:
+            if e in texts and decode_text(texts[e]):
+                meta["caption"] = decode_text(texts[e])
+                break
+        return make_row(uri, self.name, image_bytes=image, annotations=None, **meta)
