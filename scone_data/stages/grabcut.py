@@ -28,7 +28,8 @@ def encode_mask(mask: np.ndarray) -> dict:
 class GrabCutSegmenter(Stage):
     name = "segment"
     iterations: int = 4
-    max_side: int = 512  # GrabCut runs on a copy downscaled to this longest side: its cost grows with pixels
+    max_side: int = 256  # GrabCut runs on a crop downscaled to this longest side: its cost grows with pixels
+    context: float = 0.25  # crop margin around the box, as a fraction of the box size (background samples)
     min_box_px: int = 4  # boxes thinner than this (at the working scale) skip GrabCut and use the box
 
     def validate(self) -> list[str]:
@@ -37,6 +38,8 @@ class GrabCutSegmenter(Stage):
             errs.append("segment.iterations: must be >= 1")
         if self.max_side < 64:
             errs.append("segment.max_side: must be >= 64")
+        if not 0.05 <= self.context <= 2:
+            errs.append("segment.context: must be in [0.05, 2]")
         return errs
 
     def model_info(self) -> dict:
@@ -50,36 +53,53 @@ class GrabCutSegmenter(Stage):
         return batch
 
     def _segment(self, image: np.ndarray, subjects: list[dict]) -> None:
-        import cv2
-
         h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        bgr = np.ascontiguousarray(small[:, :, ::-1])
-        sh, sw = bgr.shape[:2]
         for s in subjects:
             x0, y0, x1, y1 = s["box_xyxy"]
             full_box = np.zeros((h, w), bool)
             full_box[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
-            rx0, ry0 = int(x0 * scale), int(y0 * scale)
-            rx1, ry1 = min(sw, int(np.ceil(x1 * scale))), min(sh, int(np.ceil(y1 * scale)))
-            mask = None
-            if rx1 - rx0 >= self.min_box_px and ry1 - ry0 >= self.min_box_px:
-                gc = np.zeros((sh, sw), np.uint8)
-                bg, fg = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-                # GrabCut's GMM init uses cv::RNG with a fixed default state: results are deterministic.
-                cv2.grabCut(
-                    bgr, gc, (rx0, ry0, rx1 - rx0, ry1 - ry0), bg, fg, self.iterations, cv2.GC_INIT_WITH_RECT
-                )
-                small_mask = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
-                if small_mask.any():
-                    mask = (
-                        cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-                        & full_box
-                    )
+            mask = self._grabcut(image, (x0, y0, x1, y1))
             s["mask_source"] = "grabcut" if mask is not None and mask.any() else "box"
             if s["mask_source"] == "box":
                 mask = full_box
+            mask &= full_box
             s["mask_rle"] = encode_mask(mask)
             s["mask_score"] = float(mask.sum()) / max(1, int(full_box.sum()))
             s["stability"] = 1.0
+
+    def _grabcut(self, image: np.ndarray, box) -> np.ndarray | None:
+        """GrabCut on a crop around the box (the box plus ``context`` of its size on each side, where
+        the background model is learned), downscaled to ``max_side``; the mask comes back full size."""
+        import cv2
+
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = box
+        mx, my = max(8.0, (x1 - x0) * self.context), max(8.0, (y1 - y0) * self.context)
+        cx0, cy0 = max(0, int(x0 - mx)), max(0, int(y0 - my))
+        cx1, cy1 = min(w, int(np.ceil(x1 + mx))), min(h, int(np.ceil(y1 + my)))
+        crop = image[cy0:cy1, cx0:cx1]
+        ch, cw = crop.shape[:2]
+        scale = min(1.0, self.max_side / max(ch, cw))
+        small = cv2.resize(
+            crop, (max(1, round(cw * scale)), max(1, round(ch * scale))), interpolation=cv2.INTER_AREA
+        )
+        bgr = np.ascontiguousarray(small[:, :, ::-1])
+        sh, sw = bgr.shape[:2]
+        rx0, ry0 = int((x0 - cx0) * scale), int((y0 - cy0) * scale)
+        rx1, ry1 = min(sw, int(np.ceil((x1 - cx0) * scale))), min(sh, int(np.ceil((y1 - cy0) * scale)))
+        if rx1 - rx0 < self.min_box_px or ry1 - ry0 < self.min_box_px:
+            return None
+        if rx0 == 0 and ry0 == 0 and rx1 == sw and ry1 == sh:
+            rx0, ry0, rx1, ry1 = 1, 1, sw - 1, sh - 1  # GrabCut needs some background outside the rect
+        gc = np.zeros((sh, sw), np.uint8)
+        bg, fg = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        # GrabCut's GMM init uses cv::RNG with a fixed default state: results are deterministic.
+        cv2.grabCut(bgr, gc, (rx0, ry0, rx1 - rx0, ry1 - ry0), bg, fg, self.iterations, cv2.GC_INIT_WITH_RECT)
+        small_mask = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
+        if not small_mask.any():
+            return None
+        mask = np.zeros((h, w), bool)
+        mask[cy0:cy1, cx0:cx1] = cv2.resize(small_mask, (cw, ch), interpolation=cv2.INTER_NEAREST).astype(
+            bool
+        )
+        return mask
