@@ -9,7 +9,8 @@ not map cleanly onto Arrow travel encoded, and are decoded on the other side:
   JSON strings.
 
 Every other column must hold scalars, strings or bytes; anything else is a programming error and
-fails loudly, naming the column.
+fails loudly, naming the column. Nulls in object columns come back from Ray as NaN and are turned
+back into None.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def decode(batch: dict[str, Any]) -> dict[str, list]:
     out: dict[str, list] = {}
     for k, col in batch.items():
         vals = col.tolist() if isinstance(col, np.ndarray) else list(col)
+        # Arrow nulls come back from Ray as float NaN (an all-null column even as a float array);
+        # no row-level column holds a real NaN, so NaN always means None here.
+        vals = [None if isinstance(v, float) and v != v else v for v in vals]
         if k in ARRAY_COLUMNS:
             vals = [_unpack_array(v) for v in vals]
         elif k in JSON_COLUMNS:

@@ -24,6 +24,9 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+GRABCUT_SEED = 12345
+
+
 @dataclass
 class GrabCutSegmenter(Stage):
     name = "segment"
@@ -93,7 +96,10 @@ class GrabCutSegmenter(Stage):
             rx0, ry0, rx1, ry1 = 1, 1, sw - 1, sh - 1  # GrabCut needs some background outside the rect
         gc = np.zeros((sh, sw), np.uint8)
         bg, fg = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        # GrabCut's GMM init uses cv::RNG with a fixed default state: results are deterministic.
+        # GrabCut seeds its colour models with k-means on OpenCV's thread-global RNG, whose state
+        # depends on every earlier call in the process: reseed so a box's mask never depends on
+        # which worker ran it or what it ran before.
+        cv2.setRNGSeed(GRABCUT_SEED)
         cv2.grabCut(bgr, gc, (rx0, ry0, rx1 - rx0, ry1 - ry0), bg, fg, self.iterations, cv2.GC_INIT_WITH_RECT)
         small_mask = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
         if not small_mask.any():

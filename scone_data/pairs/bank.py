@@ -1,0 +1,136 @@
+"""A compact, read-only index over the subject bank for planning: subjects by split, image and label.
+
+It holds only what planning needs (ids, labels, mask boxes and areas read from the RLE without
+decoding it, colour attribute); the mask RLE rides along so a plan carries it to the renderer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from pycocotools import mask as mask_utils
+
+# Salt of the split hash: fixed (not the seed) so that a source image stays on the same side of the
+# split across seeds and settings, and validation sets of different builds are comparable.
+SPLIT_SALT = "scone-data/split/v1"
+# Random draws per wanted distractor before falling back to a scan of the label's whole list.
+DRAW_TRIES_PER_ITEM = 8
+# Colour names that say nothing about a subject and so cannot single it out.
+UNINFORMATIVE_COLORS = frozenset({"", "unknown", "mixed", "none"})
+
+
+@dataclass(frozen=True)
+class BankSubject:
+    """One usable subject. ``mbox``: tight box of the mask, (x0, y0, x1, y1) float pixels, x1/y1 exclusive;
+    ``area``: mask pixels in the source image."""
+
+    subject_id: str
+    image_id: str
+    label: str
+    mask_rle: dict
+    mbox: tuple[float, float, float, float]
+    area: float
+    color: str
+    split: str
+
+
+def split_of(image: dict, val_fraction: float) -> str:
+    """``"val"`` or ``"train"`` by a hash of the image's ``group_id`` (if any) or ``image_id``, so all
+    images of one group land on the same side."""
+    unit = image.get("group_id") or image["image_id"]
+    h = int.from_bytes(hashlib.sha256(f"{SPLIT_SALT}|{unit}".encode()).digest()[:8], "big")
+    return "val" if h / 2.0**64 < val_fraction else "train"
+
+
+def mask_box(rle: dict) -> tuple[tuple[float, float, float, float], float]:
+    """Tight box (x0, y0, x1, y1) and pixel area of a compressed COCO RLE, without decoding it."""
+    r = {"size": list(rle["size"]), "counts": rle["counts"].encode()}
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(r))
+    return (x, y, x + w, y + h), float(mask_utils.area(r))
+
+
+class BankIndex:
+    """Subjects grouped by split, image and label, in a deterministic order (sorted by subject id)."""
+
+    def __init__(self, subjects: list[dict], images: dict[str, dict], cfg) -> None:
+        self.rejects: Counter = Counter()
+        self.images = images
+        self.by_id: dict[str, BankSubject] = {}
+        self.by_image: dict[str, list[BankSubject]] = defaultdict(list)
+        # split -> label -> subjects of that label in that split
+        self.by_label: dict[str, dict[str, list[BankSubject]]] = {
+            "train": defaultdict(list),
+            "val": defaultdict(list),
+        }
+        for s in sorted(subjects, key=lambda s: s["subject_id"]):
+            reason = self._check(s, images, cfg)
+            if reason:
+                self.rejects[reason] += 1
+                continue
+            img = images[s["image_id"]]
+            mbox, area = mask_box(s["mask_rle"])
+            b = BankSubject(
+                subject_id=s["subject_id"],
+                image_id=s["image_id"],
+                label=s["label"],
+                mask_rle={"size": list(s["mask_rle"]["size"]), "counts": s["mask_rle"]["counts"]},
+                mbox=mbox,
+                area=area,
+                color=str(s.get("attributes", {}).get("color", "")),
+                split=split_of(img, cfg.val_fraction),
+            )
+            self.by_id[b.subject_id] = b
+            self.by_image[b.image_id].append(b)
+            self.by_label[b.split][b.label].append(b)
+        self.image_ids = sorted(self.by_image)
+
+    @staticmethod
+    def _check(s: dict, images: dict[str, dict], cfg) -> str | None:
+        img = images.get(s["image_id"])
+        if img is None:
+            return "subject_image_missing"
+        h, w = s["mask_rle"]["size"]
+        if (h, w) != (img["height"], img["width"]):
+            return "subject_mask_size_mismatch"
+        (x0, y0, x1, y1), area = mask_box(s["mask_rle"])
+        if min(x1 - x0, y1 - y0) < cfg.min_subject_side_px or area < cfg.min_subject_area_frac * h * w:
+            return "subject_too_small"
+        return None
+
+    def split_of_image(self, image_id: str) -> str:
+        return self.by_image[image_id][0].split
+
+    def count_elsewhere(self, b: BankSubject) -> int:
+        """Subjects of ``b``'s label in ``b``'s split but in other images (O(subjects in b's image))."""
+        here = sum(1 for o in self.by_image[b.image_id] if o.label == b.label)
+        return len(self.by_label[b.split][b.label]) - here
+
+    def draw_elsewhere(self, b: BankSubject, k: int, rng) -> list[BankSubject]:
+        """Up to ``k`` distinct random subjects of ``b``'s label and split from other images.
+
+        Rejection sampling over the label's list, so a draw costs O(k), not O(label size), on big banks.
+        """
+        pool = self.by_label[b.split][b.label]
+        want = min(k, self.count_elsewhere(b))
+        got: dict[str, BankSubject] = {}
+        for _ in range(DRAW_TRIES_PER_ITEM * max(want, 1)):
+            if len(got) >= want:
+                break
+            o = pool[rng.randrange(len(pool))]
+            if o.image_id != b.image_id:
+                got.setdefault(o.subject_id, o)
+        if len(got) < want:  # a label crowded into b's own image: fall back to a full scan
+            rest = [o for o in pool if o.image_id != b.image_id and o.subject_id not in got]
+            for o in rng.sample(rest, want - len(got)):
+                got[o.subject_id] = o
+        return list(got.values())
+
+    def labels(self, split: str) -> list[str]:
+        return sorted(self.by_label[split])
+
+
+def informative(color: str) -> bool:
+    """Whether a colour name can single a subject out (see :data:`UNINFORMATIVE_COLORS`)."""
+    return color.lower() not in UNINFORMATIVE_COLORS

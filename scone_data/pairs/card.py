@@ -1,0 +1,47 @@
+"""A dataset card: markdown summary of a build's Sample records and reject reasons."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from scone_data.pairs.config import TASKS
+
+
+def _table(head: tuple[str, str], rows: list[tuple[str, int]], total: int | None = None) -> list[str]:
+    out = [
+        f"| {head[0]} | {head[1]} |" + (" share |" if total else ""),
+        "|---|---:|" + ("---:|" if total else ""),
+    ]
+    for name, n in rows:
+        out.append(f"| {name} | {n} |" + (f" {100.0 * n / total:.1f}% |" if total else ""))
+    return out
+
+
+def dataset_card(records: list[dict], rejects: Counter | dict) -> str:
+    """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
+    reference histogram, references per sample, and reject reasons (most frequent first)."""
+    n = len(records)
+    tasks = Counter(r["task"] for r in records)
+    splits = Counter(r["split"] for r in records)
+    labels = Counter(lb for r in records for ref in r["references"] for lb in ref["subject_label"])
+    cands = Counter(len(ref["candidates"]) for r in records for ref in r["references"])
+    kinds = Counter(ref["kind"] for r in records for ref in r["references"])
+    nrefs = Counter(len(r["references"]) for r in records)
+    lines = [
+        "# Dataset card",
+        "",
+        f"{n} samples: " + ", ".join(f"{splits[s]} {s}" for s in ("train", "val")),
+        "",
+    ]
+    lines += ["## Task mix", ""] + _table(("task", "samples"), [(t, tasks[t]) for t in TASKS], n or None)
+    lines += ["", "## Intended-subject labels", ""]
+    lines += _table(("label", "count"), sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines += ["", "## Candidates per reference", ""]
+    lines += _table(("candidates", "references"), [(str(k), cands[k]) for k in sorted(cands)])
+    lines += ["", "## Reference kinds", ""] + _table(("kind", "references"), sorted(kinds.items()))
+    lines += ["", "## References per sample", ""]
+    lines += _table(("references", "samples"), [(str(k), nrefs[k]) for k in sorted(nrefs)])
+    lines += ["", "## Reject reasons", ""]
+    rej = sorted(dict(rejects).items(), key=lambda kv: (-kv[1], kv[0]))
+    lines += _table(("reason", "count"), rej) if rej else ["none"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,151 @@
+"""Settings of the pair builder: one dataclass of plain values, validated all at once before any work.
+
+Every limit the builder applies is either a field here (a corpus control a user may want to change) or
+a named module constant next to the code that uses it (an engineering limit with its reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+TASKS = (
+    "composition_single",
+    "composition_multi",
+    "distinction_single_cross",
+    "distinction_single_intra",
+    "distinction_multi_cross",
+    "distinction_multi_intra",
+)
+
+DISTRACTOR_STRATEGIES = ("semantic", "random")
+DIFFICULTIES = ("near", "far", "any")
+INTRA_STRATEGIES = ("random", "histogram")
+BACKGROUNDS = ("plain", "texture")
+
+# Above this many references a sample no longer fits the trainer's packed sequence budget (SconeEval's
+# multi-subject tasks use 2-3 references).
+MAX_REFERENCES = 3
+# A canvas with more candidates than this makes each one too small to recognise at 512 px.
+MAX_CANDIDATES = 4
+
+
+def _equal_mix() -> dict[str, float]:
+    return {t: 1.0 for t in TASKS}
+
+
+@dataclass
+class PairConfig:
+    """Settings of :func:`scone_data.pairs.plan_samples` and :func:`scone_data.pairs.render_sample`.
+
+    Sizes are pixels; fractions are of the reference or source image side/area as named.
+    """
+
+    seed: int = 0
+    # Relative weights of the six task types; normalised, zero drops a task.
+    task_mix: dict[str, float] = field(default_factory=_equal_mix)
+    # Number of samples to plan; 0 means ``samples_per_image`` times the number of usable source images.
+    num_samples: int = 0
+    samples_per_image: float = 2.0
+    # Corpus controls. 0 disables a cap.
+    max_samples_per_image: int = 8
+    max_samples_per_label: int = 0
+    min_subject_side_px: int = 24
+    min_subject_area_frac: float = 0.001
+    val_fraction: float = 0.05
+    # References: square canvases of this side; the target keeps its aspect, its long side capped.
+    ref_size: int = 512
+    target_max_side: int = 1024
+    jpeg_quality: int = 95
+    min_references: int = 2  # for *_multi tasks
+    max_references: int = 3
+    min_distractors: int = 1
+    max_distractors: int = 3
+    # Distractor mining.
+    distractor_strategy: str = "semantic"
+    distractor_difficulty: str = "any"
+    intra_strategy: str = "random"
+    # Probability that an intra reference is a natural crop when the source holds several instances.
+    crop_prob: float = 0.5
+    # Anti-copy-paste augmentations on references (probabilities and magnitudes).
+    flip_prob: float = 0.5
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    rotate_max_deg: float = 10.0
+    perspective_max: float = 0.06  # corner displacement, fraction of the patch side
+    jitter: float = 0.15  # brightness/contrast/saturation, relative
+    erode_max_px: int = 2
+    feather_max_px: float = 2.0
+    backgrounds: tuple[str, ...] = ("plain", "texture")
+    # Instructions: use the source caption in some phrasings when the source has one.
+    use_caption_prob: float = 0.5
+
+    def validate(self) -> list[str]:
+        """Every problem with these settings, each naming its field; empty when all is well."""
+        p: list[str] = []
+        if not isinstance(self.seed, int) or self.seed < 0:
+            p.append(f"seed: must be a non-negative int, got {self.seed!r}")
+        unknown = sorted(set(self.task_mix) - set(TASKS))
+        if unknown:
+            p.append(f"task_mix: unknown tasks {unknown}; known: {list(TASKS)}")
+        if any((not isinstance(v, int | float)) or v < 0 for v in self.task_mix.values()):
+            p.append("task_mix: weights must be non-negative numbers")
+        elif sum(self.task_mix.values()) <= 0:
+            p.append("task_mix: at least one weight must be positive")
+        if self.num_samples < 0:
+            p.append(f"num_samples: must be >= 0, got {self.num_samples}")
+        if self.samples_per_image <= 0:
+            p.append(f"samples_per_image: must be > 0, got {self.samples_per_image}")
+        for name in ("max_samples_per_image", "max_samples_per_label", "min_subject_side_px", "erode_max_px"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("min_subject_area_frac", "crop_prob", "flip_prob", "use_caption_prob", "jitter"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            p.append(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.ref_size < 64:
+            p.append(f"ref_size: must be >= 64, got {self.ref_size}")
+        if self.target_max_side < 64:
+            p.append(f"target_max_side: must be >= 64, got {self.target_max_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            p.append(f"jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")
+        if not 2 <= self.min_references <= self.max_references <= MAX_REFERENCES:
+            p.append(
+                f"min_references/max_references: need 2 <= min <= max <= {MAX_REFERENCES}, "
+                f"got {self.min_references}/{self.max_references}"
+            )
+        if not 1 <= self.min_distractors <= self.max_distractors <= MAX_CANDIDATES - 1:
+            p.append(
+                f"min_distractors/max_distractors: need 1 <= min <= max <= {MAX_CANDIDATES - 1}, "
+                f"got {self.min_distractors}/{self.max_distractors}"
+            )
+        if self.distractor_strategy not in DISTRACTOR_STRATEGIES:
+            p.append(f"distractor_strategy: {self.distractor_strategy!r} not in {DISTRACTOR_STRATEGIES}")
+        if self.distractor_difficulty not in DIFFICULTIES:
+            p.append(f"distractor_difficulty: {self.distractor_difficulty!r} not in {DIFFICULTIES}")
+        if self.intra_strategy not in INTRA_STRATEGIES:
+            p.append(f"intra_strategy: {self.intra_strategy!r} not in {INTRA_STRATEGIES}")
+        lo, hi = self.scale_range
+        if not 0.25 <= lo <= hi <= 4.0:
+            p.append(f"scale_range: need 0.25 <= lo <= hi <= 4, got {self.scale_range}")
+        if not 0.0 <= self.rotate_max_deg <= 45.0:
+            p.append(f"rotate_max_deg: must be in [0, 45], got {self.rotate_max_deg}")
+        if not 0.0 <= self.perspective_max <= 0.25:
+            p.append(f"perspective_max: must be in [0, 0.25], got {self.perspective_max}")
+        if self.feather_max_px < 0:
+            p.append(f"feather_max_px: must be >= 0, got {self.feather_max_px}")
+        bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
+        if bad or not self.backgrounds:
+            p.append(f"backgrounds: need a non-empty subset of {BACKGROUNDS}, got {self.backgrounds}")
+        return p
+
+    def normalised_mix(self) -> dict[str, float]:
+        """Task weights summing to 1, in :data:`TASKS` order, zero-weight tasks left out."""
+        total = float(sum(self.task_mix.values()))
+        return {t: self.task_mix[t] / total for t in TASKS if self.task_mix.get(t, 0) > 0}
+
+    def config_hash(self) -> str:
+        """16 hex of the sha256 of the settings as sorted JSON (the same settings give the same hash)."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

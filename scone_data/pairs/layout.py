@@ -1,0 +1,142 @@
+"""Geometry decided at planning time: where each candidate goes in a reference and how it is warped.
+
+Everything here is drawn from the plan's ``random.Random``, so a plan fully determines its pixels and
+the referring-expression check sees the same boxes the renderer will draw. Boxes are integer
+(x0, y0, x1, y1) pixels, x1/y1 exclusive.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from scone_data.pairs.bank import BankSubject
+
+# A single cutout fills this fraction of the reference's side before the random scale; enough margin
+# that rotation and perspective stay inside the canvas.
+CUTOUT_FILL = 0.6
+CUTOUT_FILL_BOUNDS = (0.3, 0.85)
+# Canvas candidates: long side as a fraction of the canvas side, by number of candidates (2, 3, 4).
+CANVAS_SIDE = {2: (0.3, 0.45), 3: (0.25, 0.38), 4: (0.22, 0.33)}
+# Empty pixels kept between two canvas candidates, so they never touch or overlap.
+CANVAS_GAP_PX = 8
+# Random placement tries per candidate before everything is shrunk and laid out again.
+PLACE_TRIES = 60
+SHRINK = 0.85
+MAX_SHRINKS = 4
+# Upscaling a small subject more than this makes a blurry reference the model learns to recognise.
+MAX_UPSCALE = 3.0
+# A natural crop pads the union of its instances by this fraction of the union's side on each side.
+CROP_PAD_FRAC = 0.1
+# A subject counts as shown in a crop if this much of its box is inside; a same-label instance with
+# less (but some) inside makes the crop ambiguous.
+CROP_MIN_VISIBLE = 0.9
+CROP_MIN_PARTIAL = 0.05
+
+
+def int_box(b) -> tuple[int, int, int, int]:
+    """Pixel-aligned box covering the float box ``b`` (never empty)."""
+    x0, y0 = int(math.floor(b[0])), int(math.floor(b[1]))
+    return x0, y0, max(x0 + 1, int(math.ceil(b[2]))), max(y0 + 1, int(math.ceil(b[3])))
+
+
+def draw_warp(rng: random.Random, cfg) -> tuple[float, tuple[float, ...]]:
+    """Rotation in degrees and 8 perspective corner offsets (fractions of the patch side)."""
+    rot = rng.uniform(-cfg.rotate_max_deg, cfg.rotate_max_deg)
+    persp = tuple(round(rng.uniform(-cfg.perspective_max, cfg.perspective_max), 4) for _ in range(8))
+    return round(rot, 3), persp
+
+
+def place_cutout(b: BankSubject, side: int, cfg, rng: random.Random) -> tuple[int, int, int, int]:
+    """Box of one subject's mask region in a ``side`` x ``side`` cutout reference."""
+    x0, y0, x1, y1 = int_box(b.mbox)
+    w, h = x1 - x0, y1 - y0
+    lo, hi = CUTOUT_FILL_BOUNDS
+    fill = min(hi, max(lo, CUTOUT_FILL * rng.uniform(*cfg.scale_range)))
+    s = min(fill * side / max(w, h), MAX_UPSCALE)
+    pw, ph = max(1, round(w * s)), max(1, round(h * s))
+    # Off-centre by up to a quarter of the free room, so the subject is not always dead centre.
+    cx = (side - pw) / 2 + rng.uniform(-0.25, 0.25) * (side - pw)
+    cy = (side - ph) / 2 + rng.uniform(-0.25, 0.25) * (side - ph)
+    return round(cx), round(cy), round(cx) + pw, round(cy) + ph
+
+
+def place_canvas(
+    subs: list[BankSubject], side: int, rng: random.Random
+) -> list[tuple[int, int, int, int]] | None:
+    """Non-overlapping boxes for ``subs`` (2..4) in a ``side`` x ``side`` canvas, in ``subs`` order, at
+    random scales and positions; None if no layout was found."""
+    lo, hi = CANVAS_SIDE[len(subs)]
+    sizes = []
+    for b in subs:
+        w, h = b.mbox[2] - b.mbox[0], b.mbox[3] - b.mbox[1]
+        s = min(rng.uniform(lo, hi) * side / max(w, h), MAX_UPSCALE)
+        sizes.append((max(1, round(w * s)), max(1, round(h * s))))
+    for _ in range(MAX_SHRINKS + 1):
+        boxes = _try_place(sizes, side, rng)
+        if boxes is not None:
+            return boxes
+        sizes = [(max(1, round(w * SHRINK)), max(1, round(h * SHRINK))) for w, h in sizes]
+    return None
+
+
+def _try_place(sizes, side, rng):
+    boxes: list[tuple[int, int, int, int]] = []
+    for w, h in sizes:
+        for _ in range(PLACE_TRIES):
+            x, y = rng.randint(0, max(0, side - w)), rng.randint(0, max(0, side - h))
+            cand = (x, y, x + w, y + h)
+            if all(_apart(cand, o) for o in boxes):
+                boxes.append(cand)
+                break
+        else:
+            return None
+    return boxes
+
+
+def _apart(a, b) -> bool:
+    g = CANVAS_GAP_PX
+    return a[2] + g <= b[0] or b[2] + g <= a[0] or a[3] + g <= b[1] or b[3] + g <= a[1]
+
+
+def plan_crop(anchor: BankSubject, in_image: list[BankSubject], img_wh: tuple[int, int]):
+    """A crop of the anchor's source image around every instance of its label.
+
+    Returns ``(crop_box, shown)`` with ``shown`` the subjects at least :data:`CROP_MIN_VISIBLE` inside,
+    or a reject reason: ``"crop_single_instance"`` or ``"crop_partial_instance"``.
+    """
+    same = [o for o in in_image if o.label == anchor.label]
+    if len(same) < 2:
+        return "crop_single_instance"
+    ux0 = min(o.mbox[0] for o in same)
+    uy0 = min(o.mbox[1] for o in same)
+    ux1 = max(o.mbox[2] for o in same)
+    uy1 = max(o.mbox[3] for o in same)
+    px, py = CROP_PAD_FRAC * (ux1 - ux0), CROP_PAD_FRAC * (uy1 - uy0)
+    crop = int_box((max(0, ux0 - px), max(0, uy0 - py), min(img_wh[0], ux1 + px), min(img_wh[1], uy1 + py)))
+    shown = []
+    for o in in_image:
+        v = _visible(o.mbox, crop)
+        if v >= CROP_MIN_VISIBLE:
+            shown.append(o)
+        elif v > CROP_MIN_PARTIAL and o.label == anchor.label:
+            return "crop_partial_instance"
+    return crop, shown
+
+
+def _visible(b, crop) -> float:
+    ix = max(0.0, min(b[2], crop[2]) - max(b[0], crop[0]))
+    iy = max(0.0, min(b[3], crop[3]) - max(b[1], crop[1]))
+    area = max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / area
+
+
+def crop_to_ref(box, crop, scale: float, flip: bool, ref_w: int) -> tuple[float, float, float, float]:
+    """A source-image box in the coordinates of the (scaled, maybe mirrored) crop reference, clipped."""
+    x0 = (max(box[0], crop[0]) - crop[0]) * scale
+    x1 = (min(box[2], crop[2]) - crop[0]) * scale
+    y0 = (max(box[1], crop[1]) - crop[1]) * scale
+    y1 = (min(box[3], crop[3]) - crop[1]) * scale
+    if flip:
+        x0, x1 = ref_w - x1, ref_w - x0
+    return round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)

@@ -1,0 +1,108 @@
+"""Planning: from the subject bank to a deterministic list of :class:`SamplePlan` (no pixels touched).
+
+A plan holds everything a worker needs to render a sample (masks as RLE, every layout and augmentation
+decision, the instruction), so rendering needs no bank lookups and no randomness of its own beyond the
+plan's seed. The task mix is met by quotas: the number of samples of each task is fixed up front
+(largest remainder), the slots are shuffled with the seeded RNG and then filled one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+
+from scone_data.pairs.bank import BankIndex
+from scone_data.pairs.config import PairConfig
+from scone_data.pairs.sample_plan import ReferencePlan, SamplePlan
+from scone_data.pairs.tasks import TaskPlanner
+
+# A slot whose draws keep failing (no distractor, ambiguous expression, caps) is given up after this
+# many tries; each failed try is counted under its reason, the given-up slot as "unfilled:<task>".
+MAX_ATTEMPTS_PER_SLOT = 12
+
+
+def task_quotas(mix: dict[str, float], n: int) -> dict[str, int]:
+    """Samples per task summing to ``n`` (largest remainder; ties by task order)."""
+    raw = {t: w * n for t, w in mix.items()}
+    out = {t: int(v) for t, v in raw.items()}
+    rest = sorted(raw, key=lambda t: (-(raw[t] - out[t]), list(mix).index(t)))
+    for t in rest[: n - sum(out.values())]:
+        out[t] += 1
+    return out
+
+
+def sample_key(seed: int, task: str, refs: list[ReferencePlan]) -> tuple[str, int]:
+    """16-hex key over the seed, task and every candidate of every reference, and an integer plan seed."""
+    parts = [str(seed), task] + [",".join(c.subject_id for c in r.candidates) + f"/{r.kind}" for r in refs]
+    h = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return h[:16], int(h[16:32], 16) & (2**63 - 1)
+
+
+def plan_samples(
+    subjects: list[dict], images: dict[str, dict], cfg: PairConfig, *, load_image=None
+) -> tuple[list[SamplePlan], Counter]:
+    """Plan up to ``cfg.num_samples`` samples from Subject records and their SourceImage records.
+
+    ``load_image`` (image_id -> HxWx3 uint8 RGB) is only needed for ``intra_strategy="histogram"``.
+    Returns the plans in slot order and a Counter of reasons for everything not planned (subjects
+    filtered out, failed draws, unfilled slots). Raises ValueError listing every bad setting.
+    """
+    problems = cfg.validate()
+    if cfg.intra_strategy == "histogram" and load_image is None:
+        problems.append("intra_strategy: 'histogram' needs plan_samples(..., load_image=...)")
+    if problems:
+        raise ValueError("invalid PairConfig: " + "; ".join(problems))
+    bank = BankIndex(subjects, images, cfg)
+    rejects: Counter = Counter(bank.rejects)
+    rng = random.Random(f"scone-data/pairs/{cfg.seed}")
+    planner = TaskPlanner(bank, cfg, load_image)
+    n = cfg.num_samples or round(cfg.samples_per_image * len(bank.image_ids))
+    slots = [t for t, q in task_quotas(cfg.normalised_mix(), n).items() for _ in range(q)]
+    rng.shuffle(slots)
+    pools = {t: planner.eligible_images(t) for t in set(slots)}
+    image_uses: Counter = Counter()
+    label_uses: Counter = Counter()
+    keys: set[str] = set()
+    plans: list[SamplePlan] = []
+    for task in slots:
+        pool = pools[task]
+        for _ in range(MAX_ATTEMPTS_PER_SLOT):
+            image_id = _draw_image(pool, image_uses, cfg.max_samples_per_image, rng)
+            if image_id is None:
+                rejects[f"no_eligible_image:{task}"] += 1
+                break
+            out = planner.plan(task, image_id, rng, label_uses)
+            if isinstance(out, str):
+                rejects[out] += 1
+                continue
+            refs, targets, names, (tw, th) = out
+            key, seed = sample_key(cfg.seed, task, refs)
+            if key in keys:
+                rejects["duplicate_sample"] += 1
+                continue
+            keys.add(key)
+            text = planner.instruction(task, names, image_id, random.Random(seed))
+            plans.append(
+                SamplePlan(
+                    key, task, bank.split_of_image(image_id), image_id, tw, th, refs, targets, text, seed
+                )
+            )
+            image_uses[image_id] += 1
+            label_uses.update({t.label for t in targets})
+            break
+        else:
+            rejects[f"unfilled:{task}"] += 1
+    return plans, rejects
+
+
+def _draw_image(pool: list[str], uses: Counter, cap: int, rng: random.Random) -> str | None:
+    """A random image of ``pool`` under ``cap`` samples; capped images leave the pool for good
+    (swap-remove, so a draw stays O(1) on large banks). None when the pool is exhausted."""
+    while pool:
+        i = rng.randrange(len(pool))
+        if not cap or uses[pool[i]] < cap:
+            return pool[i]
+        pool[i] = pool[-1]
+        pool.pop()
+    return None

@@ -1,0 +1,75 @@
+"""The plan records: plain, frozen, picklable dataclasses shipped from the planner to render workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PlacedCandidate:
+    """One subject shown in a reference. ``src_box``: region cut from the source image (integer x0, y0,
+    x1, y1, exclusive); ``box``: where it goes in the reference (float pixels, before any warp);
+    ``area``: mask pixels in the reference; ``mask_size``: (height, width) of the source image."""
+
+    subject_id: str
+    label: str
+    image_id: str
+    mask_size: tuple[int, int]
+    mask_counts: str
+    src_box: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
+    area: float
+    color: str
+    intended: bool
+    flip: bool = False
+    rotate_deg: float = 0.0
+    perspective: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """One reference image. ``kind``: cutout | canvas | crop. ``background``: ``("plain", (r, g, b))``,
+    ``("texture", (r, g, b))`` or ``("crop",)``. ``crop_box`` (source pixels) and ``crop_flip`` only for
+    crops. ``jitter``: (brightness offset in [-1, 1] of 255, contrast factor, saturation factor)."""
+
+    kind: str
+    width: int
+    height: int
+    candidates: tuple[PlacedCandidate, ...]
+    expression: str | None
+    expression_spec: tuple = ()
+    background: tuple = ("plain", (255, 255, 255))
+    crop_image_id: str | None = None
+    crop_box: tuple[int, int, int, int] | None = None
+    crop_flip: bool = False
+    jitter: tuple[float, float, float] = (0.0, 1.0, 1.0)
+    erode_px: int = 0
+    feather_px: float = 0.0
+
+
+@dataclass(frozen=True)
+class TargetBox:
+    subject_id: str
+    label: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the (resized) target's pixels
+    ref_index: int
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Everything needed to render one sample; plain, picklable data."""
+
+    key: str
+    task: str
+    split: str
+    image_id: str  # the target: source image of the intended subjects
+    width: int  # target size after capping its long side
+    height: int
+    references: tuple[ReferencePlan, ...]
+    target_boxes: tuple[TargetBox, ...]
+    instruction: str
+    seed: int
+
+    @property
+    def expressions(self) -> tuple[str | None, ...]:
+        return tuple(r.expression for r in self.references)

@@ -1,0 +1,268 @@
+"""The six task types as plans: which subjects are intended, which references show them, and how.
+
+- composition_*: each reference is one intended subject cut out onto a plain or textured background.
+- distinction_*_cross: each reference is a canvas of the intended subject and 1-3 distractors of labels
+  absent from the target image (so the output can be checked by label), from other images of the split.
+- distinction_*_intra: each reference holds same-label look-alikes: a natural crop of the source image
+  when it has several instances, or a canvas with instances from other images of the split; a referring
+  expression that selects exactly the intended one is required.
+
+*_multi tasks use 2-3 intended subjects of one target image; distinction ones need distinct labels so
+that "the cup from image 2" never also describes a subject of another reference.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from scone_data.pairs import expressions as ex
+from scone_data.pairs import layout
+from scone_data.pairs.bank import BankIndex, BankSubject, informative
+from scone_data.pairs.distractors import INTRA_POOL, INTRA_SCAN, LabelSpace, color_histogram, order_intra
+from scone_data.pairs.instructions import instruction, name_subject
+from scone_data.pairs.sample_plan import PlacedCandidate, ReferencePlan, TargetBox
+
+# Composition names a subject with its colour ("the red mug from image 2") this often, when known.
+COLOR_IN_NAME_PROB = 0.5
+# Plain backgrounds are drawn from light and mid greys and soft tints: saturated backgrounds would
+# change the colour a model reads off a subject.
+PLAIN_RGB = (
+    (255, 255, 255),
+    (235, 235, 235),
+    (200, 200, 200),
+    (128, 128, 128),
+    (240, 232, 220),
+    (220, 232, 240),
+)
+
+
+# Besides erosion, a pasted subject's tight box may move this many pixels from its planned box
+# (rounding of the resize, the anti-aliased mask edge thresholded at 0.5).
+RENDER_SLACK_PX = 2
+
+
+class TaskPlanner:
+    def __init__(self, bank: BankIndex, cfg, load_image=None) -> None:
+        self.bank, self.cfg, self.load_image = bank, cfg, load_image
+        strategy = cfg.distractor_strategy
+        self.spaces = {
+            s: LabelSpace(bank.labels(s), strategy, cfg.distractor_difficulty) for s in ("train", "val")
+        }
+        self.subject_uses: Counter = Counter()
+        self._hists: dict = {}
+
+    # ---- eligibility (static, from the bank) -------------------------------------------------------
+    def eligible_images(self, task: str) -> list[str]:
+        """Images that could anchor ``task`` (a fresh list, sorted; draws may still fail)."""
+        need = self.cfg.min_references if "multi" in task else 1
+        out = []
+        for image_id in self.bank.image_ids:
+            subs = self.bank.by_image[image_id]
+            if task.startswith("composition"):
+                ok = len(subs) >= need
+            elif task.endswith("cross"):
+                ok = len({b.label for b in subs}) >= need and self._free_labels(subs)
+            else:
+                ok = len({b.label for b in subs if self._intra_able(b, subs)}) >= need
+            if ok:
+                out.append(image_id)
+        return out
+
+    def _free_labels(self, subs: list[BankSubject]) -> list[str]:
+        present = {b.label for b in subs}
+        return [lb for lb in self.bank.labels(subs[0].split) if lb not in present]
+
+    def _intra_able(self, b: BankSubject, subs: list[BankSubject]) -> bool:
+        in_image = sum(1 for o in subs if o.label == b.label) >= 2
+        return in_image or self.bank.count_elsewhere(b) > 0
+
+    # ---- one draw --------------------------------------------------------------------------------------
+    def plan(self, task: str, image_id: str, rng: random.Random, label_uses: Counter):
+        """``(references, target_boxes, names, (target_w, target_h))`` or a reject reason."""
+        cfg, subs = self.cfg, self.bank.by_image[image_id]
+        k = rng.randint(cfg.min_references, cfg.max_references) if "multi" in task else 1
+        cap = cfg.max_samples_per_label
+        pool = [b for b in subs if not cap or label_uses[b.label] < cap]
+        if task.startswith("distinction"):
+            pool = [b for b in pool if task.endswith("cross") or self._intra_able(b, subs)]
+        # Least-used subjects first, ties broken at random, so a bank's subjects are covered evenly.
+        pool.sort(key=lambda b: (self.subject_uses[b.subject_id], rng.random()))
+        intended: list[BankSubject] = []
+        for b in pool:
+            if len(intended) == k:
+                break
+            if task.startswith("distinction") and any(o.label == b.label for o in intended):
+                continue
+            intended.append(b)
+        if len(intended) < (cfg.min_references if "multi" in task else 1):
+            return "label_cap_reached" if cap and len(pool) < len(subs) else "too_few_subjects"
+        refs, names = [], []
+        for b in intended:
+            if task.startswith("composition"):
+                out = self._cutout(b, rng)
+            elif task.endswith("cross"):
+                out = self._cross(b, subs, rng)
+            else:
+                out = self._intra(b, subs, rng)
+            if isinstance(out, str):
+                return out
+            ref, phrase = out
+            refs.append(ref)
+            names.append(name_subject(phrase, len(names)))
+        for b in intended:
+            self.subject_uses[b.subject_id] += 1
+        img = self.bank.images[image_id]
+        s = min(1.0, cfg.target_max_side / max(img["width"], img["height"]))
+        tw, th = max(1, round(img["width"] * s)), max(1, round(img["height"] * s))
+        targets = tuple(
+            TargetBox(b.subject_id, b.label, tuple(round(v * s, 2) for v in b.mbox), i)
+            for i, b in enumerate(intended)
+        )
+        return tuple(refs), targets, names, (tw, th)
+
+    def instruction(self, task: str, names: list[str], image_id: str, rng: random.Random) -> str:
+        return instruction(task, names, self.bank.images[image_id].get("caption"), rng, self.cfg)
+
+    # ---- references ------------------------------------------------------------------------------------
+    def _finish(self, rng: random.Random) -> dict:
+        """Per-reference augmentation draws shared by every kind."""
+        cfg, j = self.cfg, self.cfg.jitter
+        return dict(
+            jitter=(
+                round(rng.uniform(-j, j) * 0.5, 4),
+                round(rng.uniform(1 - j, 1 + j), 4),
+                round(rng.uniform(1 - j, 1 + j), 4),
+            ),
+            erode_px=rng.randint(0, cfg.erode_max_px),
+            feather_px=round(rng.uniform(0, cfg.feather_max_px), 3),
+        )
+
+    def _background(self, rng: random.Random) -> tuple:
+        return (rng.choice(self.cfg.backgrounds), rng.choice(PLAIN_RGB))
+
+    def _placed(
+        self, b: BankSubject, box, scale: float, intended: bool, flip: bool, **warp
+    ) -> PlacedCandidate:
+        return PlacedCandidate(
+            subject_id=b.subject_id,
+            label=b.label,
+            image_id=b.image_id,
+            mask_size=tuple(b.mask_rle["size"]),
+            mask_counts=b.mask_rle["counts"],
+            src_box=layout.int_box(b.mbox),
+            box=tuple(float(v) for v in box),
+            area=round(b.area * scale * scale, 2),
+            color=b.color,
+            intended=intended,
+            flip=flip,
+            **warp,
+        )
+
+    def _cutout(self, b: BankSubject, rng: random.Random):
+        side = self.cfg.ref_size
+        box = layout.place_cutout(b, side, self.cfg, rng)
+        flip = rng.random() < self.cfg.flip_prob
+        rot, persp = layout.draw_warp(rng, self.cfg)
+        scale = (box[2] - box[0]) / max(1, layout.int_box(b.mbox)[2] - layout.int_box(b.mbox)[0])
+        cand = self._placed(b, box, scale, True, flip, rotate_deg=rot, perspective=persp)
+        use_color = informative(b.color) and rng.random() < COLOR_IN_NAME_PROB
+        phrase = ex.phrase(((("color", b.color),) if use_color else ()), b.label)
+        ref = ReferencePlan(
+            "cutout", side, side, (cand,), None, (), self._background(rng), **self._finish(rng)
+        )
+        return ref, phrase
+
+    def _canvas(self, intended: BankSubject, others: list[BankSubject], rng: random.Random):
+        side = self.cfg.ref_size
+        subs = [intended, *others]
+        rng.shuffle(subs)
+        boxes = layout.place_canvas(subs, side, rng)
+        if boxes is None:
+            return "layout_failed"
+        cands = []
+        for b, box in zip(subs, boxes):
+            scale = (box[2] - box[0]) / max(1, layout.int_box(b.mbox)[2] - layout.int_box(b.mbox)[0])
+            cands.append(self._placed(b, box, scale, b is intended, rng.random() < self.cfg.flip_prob))
+        return cands, side, side, dict(background=self._background(rng))
+
+    def _cross(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
+        cfg = self.cfg
+        present = {o.label for o in subs}
+        k = rng.randint(cfg.min_distractors, cfg.max_distractors)
+        labels = self.spaces[b.split].draw(b.label, present, k, rng)
+        if len(labels) < cfg.min_distractors:
+            return "no_distractor"
+        others = [rng.choice(self.bank.by_label[b.split][lb]) for lb in labels]
+        out = self._canvas(b, others, rng)
+        return out if isinstance(out, str) else self._with_expression(b, "canvas", out, rng, cross=True)
+
+    def _intra(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
+        cfg = self.cfg
+        elsewhere = self.bank.count_elsewhere(b) > 0
+        in_image = sum(1 for o in subs if o.label == b.label) >= 2
+        if in_image and (not elsewhere or rng.random() < cfg.crop_prob):
+            out = self._crop(b, subs, rng)
+            if not isinstance(out, str):
+                return self._with_expression(b, "crop", out, rng)
+            if not elsewhere:
+                return out
+            # The crop cut an instance in half; fall back to a canvas of instances from other images.
+        if not elsewhere:
+            return "no_distractor"
+        k = rng.randint(cfg.min_distractors, cfg.max_distractors)
+        if cfg.intra_strategy == "histogram":
+            # Look-alikes first: the most similar of a random sample, then k of those at random.
+            scan = self.bank.draw_elsewhere(b, INTRA_SCAN, rng)
+            scan = order_intra(self._hist(b), scan, {o.subject_id: self._hist(o) for o in scan})[:INTRA_POOL]
+            others = rng.sample(scan, min(k, len(scan)))
+        else:
+            others = self.bank.draw_elsewhere(b, k, rng)
+        out = self._canvas(b, others, rng)
+        return out if isinstance(out, str) else self._with_expression(b, "canvas", out, rng)
+
+    def _crop(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
+        img = self.bank.images[b.image_id]
+        got = layout.plan_crop(b, subs, (img["width"], img["height"]))
+        if isinstance(got, str):
+            return got
+        crop, shown = got
+        cw, ch = crop[2] - crop[0], crop[3] - crop[1]
+        s = min(self.cfg.ref_size / max(cw, ch), layout.MAX_UPSCALE)
+        w, h = max(1, round(cw * s)), max(1, round(ch * s))
+        flip = rng.random() < self.cfg.flip_prob
+        cands = [
+            self._placed(o, layout.crop_to_ref(o.mbox, crop, s, flip, w), s, o is b, flip)
+            for o in sorted(shown, key=lambda o: o.subject_id)
+        ]
+        return (
+            cands,
+            w,
+            h,
+            dict(background=("crop",), crop_image_id=b.image_id, crop_box=crop, crop_flip=flip),
+        )
+
+    def _with_expression(self, b: BankSubject, kind: str, out, rng: random.Random, cross: bool = False):
+        cands, w, h, extra = out
+        seen = [ex.Cand(c.label, c.box, c.area, c.color) for c in cands]
+        t = next(i for i, c in enumerate(cands) if c.intended)
+        if cross:
+            # The label alone must select the intended candidate (distractors have other labels).
+            exprs = [()] if ex.select((), seen, b.label, (w, h)) == [t] else []
+        else:
+            slack = 0 if kind == "crop" else self.cfg.erode_max_px + RENDER_SLACK_PX
+            exprs = ex.unique_expressions(seen, t, (w, h), informative, slack)
+        spec = ex.choose(exprs, rng)
+        if spec is None:
+            return "expression_not_unique"
+        phrase = ex.phrase(spec, b.label)
+        ref = ReferencePlan(kind, w, h, tuple(cands), phrase, spec, **extra, **self._finish(rng))
+        return ref, phrase
+
+    def _hist(self, b: BankSubject):
+        if b.subject_id not in self._hists:
+            from pycocotools import mask as mask_utils
+
+            m = mask_utils.decode({"size": b.mask_rle["size"], "counts": b.mask_rle["counts"].encode()})
+            self._hists[b.subject_id] = color_histogram(self.load_image(b.image_id), m)
+        return self._hists[b.subject_id]

@@ -1,0 +1,61 @@
+"""SIGKILL at random moments, then rerun: exactly the keys and bytes of an uninterrupted build.
+
+The build runs as a subprocess in its own process group; the whole group is killed with SIGKILL
+at a random moment of a seeded schedule (spread over the clean run's duration), then the same
+command is run again to completion. Units of one image and shards of 4 samples give the kill
+many commit boundaries to land near.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_runtime_build import output_bytes
+
+ARGS = ["runtime.unit_size=1", "shards.samples_per_shard=4", "runtime.progress=false"]
+
+
+def _cmd(repo_root, out, executor):
+    return [sys.executable, "-m", "scone_data.cli", "build", str(repo_root / "pipelines/demo.yaml"), f"output={out}",
+            f"runtime.executor={executor}", "runtime.num_cpus=2", *ARGS]
+
+
+def _run(cmd, kill_after=None):
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    if kill_after is None:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-3000:]
+        return
+    try:
+        p.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+@pytest.mark.parametrize("executor,trials", [("local", 5), ("ray", 2)])
+def test_sigkill_then_resume_equals_clean_build(tmp_path, repo_root, executor, trials):
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    _run(_cmd(repo_root, ref, executor))
+    duration = time.monotonic() - t0
+    want = output_bytes(ref)
+    assert any(k.endswith(".tar") for k in want)
+    rng = random.Random(1234 + trials)
+    for t in range(trials):
+        out = tmp_path / f"trial{t}"
+        # first kill somewhere in the run, sometimes a second one during the resume
+        _run(_cmd(repo_root, out, executor), kill_after=rng.uniform(0.3, 1.0) * duration)
+        if t % 2:
+            _run(_cmd(repo_root, out, executor), kill_after=rng.uniform(0.2, 0.8) * duration)
+        _run(_cmd(repo_root, out, executor))
+        got = output_bytes(out)
+        assert got.keys() == want.keys(), f"trial {t}: files differ"
+        bad = [k for k in want if got[k] != want[k]]
+        assert not bad, f"trial {t}: bytes differ in {bad}"
+        assert not list(out.rglob(".tmp-*")), f"trial {t}: temporaries left visible"
