@@ -12,28 +12,41 @@ from scone_data.runtime.build import build, regen
 from scone_data.runtime.config import ConfigError, load_config
 from scone_data.shards.validate import validate_output
 
-TASKS = {"composition_single", "composition_multi", "distinction_single_cross", "distinction_single_intra",
-         "distinction_multi_cross", "distinction_multi_intra"}
+TASKS = {
+    "composition_single",
+    "composition_multi",
+    "distinction_single_cross",
+    "distinction_single_intra",
+    "distinction_multi_cross",
+    "distinction_multi_intra",
+}
 
 
 def output_bytes(out: Path) -> dict[str, bytes]:
     """Every file a reader uses, by relative path (ledger and manifest hold the output path itself)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet"}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet"
+    }
 
 
 @pytest.fixture(scope="module")
 def demo_ray(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("demo_ray")
-    cfg = load_config(repo_root / "pipelines/demo.yaml", [f"output={out}", "runtime.num_cpus=2", "runtime.progress=false"])
+    cfg = load_config(
+        repo_root / "pipelines/demo.yaml", [f"output={out}", "runtime.num_cpus=2", "runtime.progress=false"]
+    )
     return out, build(cfg)
 
 
 @pytest.fixture(scope="module")
 def demo_local(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("demo_local")
-    cfg = load_config(repo_root / "pipelines/demo.yaml", [f"output={out}", "runtime.executor=local",
-                                                          "runtime.progress=false"])
+    cfg = load_config(
+        repo_root / "pipelines/demo.yaml",
+        [f"output={out}", "runtime.executor=local", "runtime.progress=false"],
+    )
     return out, build(cfg)
 
 
@@ -54,8 +67,10 @@ def test_ray_and_in_process_builds_are_byte_identical(demo_ray, demo_local):
 
 
 def test_building_twice_gives_the_same_bytes(demo_local, tmp_path, repo_root):
-    cfg = load_config(repo_root / "pipelines/demo.yaml", [f"output={tmp_path}", "runtime.executor=local",
-                                                          "runtime.progress=false"])
+    cfg = load_config(
+        repo_root / "pipelines/demo.yaml",
+        [f"output={tmp_path}", "runtime.executor=local", "runtime.progress=false"],
+    )
     build(cfg)
     a, b = output_bytes(demo_local[0]), output_bytes(tmp_path)
     assert a == b
@@ -80,8 +95,11 @@ def test_rejects_table_and_bank(demo_ray):
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert sum(manifest["rejects"].values()) == len(rejects)
     assert all(r["reason"] and r["stage"] for r in rejects)
-    subjects = pq.read_table(out / "bank/subjects").num_rows if False else sum(
-        pq.read_table(p).num_rows for p in (out / "bank/subjects").glob("*.parquet"))
+    subjects = (
+        pq.read_table(out / "bank/subjects").num_rows
+        if False
+        else sum(pq.read_table(p).num_rows for p in (out / "bank/subjects").glob("*.parquet"))
+    )
     assert subjects == manifest["subjects"] > 0
 
 
@@ -92,9 +110,16 @@ def test_regen_changes_samples_without_touching_the_bank(demo_local, tmp_path):
     assert m2["kind"] == "regen" and m2["images"] == manifest["images"]
     assert validate_output(tmp_path / "regen") == []
     assert output_bytes(out) == before
-    k1 = {s["__key__"] for s in wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False)}
-    k2 = {s["__key__"] for s in wds.WebDataset(sorted(map(str, (tmp_path / "regen/shards").glob("*.tar"))),
-                                               shardshuffle=False)}
+    k1 = {
+        s["__key__"]
+        for s in wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False)
+    }
+    k2 = {
+        s["__key__"]
+        for s in wds.WebDataset(
+            sorted(map(str, (tmp_path / "regen/shards").glob("*.tar"))), shardshuffle=False
+        )
+    }
     assert k1 != k2  # another seed, other samples
     with pytest.raises(ConfigError, match="decode"):
         regen(out, tmp_path / "regen2", ["decode.max_pixels=5"])
@@ -102,19 +127,38 @@ def test_regen_changes_samples_without_touching_the_bank(demo_local, tmp_path):
 
 def test_resuming_with_other_settings_is_refused(demo_local, repo_root):
     out, _ = demo_local
-    rc = main(["build", str(repo_root / "pipelines/demo.yaml"), f"output={out}", "runtime.executor=local",
-               "subjects.min_area_frac=0.01"])
+    rc = main(
+        [
+            "build",
+            str(repo_root / "pipelines/demo.yaml"),
+            f"output={out}",
+            "runtime.executor=local",
+            "subjects.min_area_frac=0.01",
+        ]
+    )
     assert rc == 2
 
 
 def test_bad_settings_are_all_reported_before_any_work(tmp_path, repo_root):
-    cfg = load_config(repo_root / "pipelines/demo.yaml", [f"output={tmp_path / 'x'}", "subjects.max_border_sides=9",
-                                                          "runtime.unit_size=0", "shards.samples_per_shard=0",
-                                                          "decode.bogus=1"])
+    cfg = load_config(
+        repo_root / "pipelines/demo.yaml",
+        [
+            f"output={tmp_path / 'x'}",
+            "subjects.max_border_sides=9",
+            "runtime.unit_size=0",
+            "shards.samples_per_shard=0",
+            "decode.bogus=1",
+        ],
+    )
     with pytest.raises(ConfigError) as e:
         build(cfg)
     text = str(e.value)
-    for field in ("subjects.max_border_sides", "runtime.unit_size", "shards.samples_per_shard", "decode.bogus"):
+    for field in (
+        "subjects.max_border_sides",
+        "runtime.unit_size",
+        "shards.samples_per_shard",
+        "decode.bogus",
+    ):
         assert field in text
     assert not (tmp_path / "x").exists()
 

@@ -3,12 +3,21 @@
 import pytest
 
 from scone_data.runtime.build import make_shard_settings, make_sources, make_stages
-from scone_data.runtime.config import ConfigError, RuntimeSettings, build_dataclass, load_config, parse_overrides
+from scone_data.runtime.config import (
+    ConfigError,
+    RuntimeSettings,
+    build_dataclass,
+    load_config,
+    parse_overrides,
+)
 
 
 def test_overrides_parse_as_yaml_scalars():
-    assert parse_overrides(["a.b=3", "a.c=true", "d=x", "e=[1, 2]"]) == {"a": {"b": 3, "c": True}, "d": "x",
-                                                                          "e": [1, 2]}
+    assert parse_overrides(["a.b=3", "a.c=true", "d=x", "e=[1, 2]"]) == {
+        "a": {"b": 3, "c": True},
+        "d": "x",
+        "e": [1, 2],
+    }
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 

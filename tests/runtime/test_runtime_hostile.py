@@ -54,13 +54,18 @@ def test_hostile_folder_builds_and_every_bad_file_is_a_reject(tmp_path, repo_roo
     for name, data in files.items():
         (src / name).write_bytes(data)
     out = tmp_path / "out"
-    cfg = load_config(repo_root / "pipelines/demo.yaml", [f"output={out}", "runtime.executor=local",
-                                                          "runtime.progress=false"])
+    cfg = load_config(
+        repo_root / "pipelines/demo.yaml",
+        [f"output={out}", "runtime.executor=local", "runtime.progress=false"],
+    )
     cfg["sources"].append({"type": "folder", "name": "hostile", "root": str(src)})
     manifest = build(cfg)
     assert manifest["samples"] > 0  # the good source still made its samples
-    rejects = {r["uri"].split("/in/")[-1]: r for r in pq.read_table(out / "rejects.parquet").to_pylist()
-               if "/in/" in r["uri"]}
+    rejects = {
+        r["uri"].split("/in/")[-1]: r
+        for r in pq.read_table(out / "rejects.parquet").to_pylist()
+        if "/in/" in r["uri"]
+    }
     assert rejects["truncated.jpg"]["reason"] == "truncated"
     assert rejects["empty.jpg"]["reason"] == "empty_file"
     assert rejects["notes.jpg"]["reason"] == "not_an_image"
