@@ -1,0 +1,146 @@
+"""Segment stage: a SAM mask for every subject that has a box and no mask yet.
+
+For each such subject it sets ``mask_rle`` (COCO RLE with compressed counts as str, ``size`` =
+[height, width]), ``mask_score`` (SAM's predicted IoU clipped to [0, 1]), ``stability`` (SAM's
+stability score) and ``mask_source = "sam"``. Subjects that already carry ``mask_rle`` (annotations)
+pass through untouched. An empty mask is kept (a later filter drops it by area); so is a subject
+whose box has no area inside the image, which gets an empty mask and scores 0 without reaching SAM.
+
+Images are embedded ``batch_size`` at a time; all boxes of those images go through the mask decoder
+in one call (see :class:`~scone_data.models.sam.SamBoxPredictor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from scone_data.models import registry
+from scone_data.stages.base import Batch, Stage, reject
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """HxW bool -> ``{"size": [h, w], "counts": str}`` (compressed COCO RLE)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _valid_box(box, w: int, h: int) -> list[float] | None:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return None
+    x0, x1 = max(0.0, min(x0, w)), max(0.0, min(x1, w))
+    y0, y1 = max(0.0, min(y0, h)), max(0.0, min(y1, h))
+    if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+        return None
+    return [x0, y0, x1, y1]
+
+
+@dataclass
+class SamSegmenter(Stage):
+    name: ClassVar[str] = "segment"
+
+    model: str = "vit_h"  # vit_b | vit_l | vit_h | tiny (random weights, tests only)
+    checkpoint: str | None = None  # local file; None -> the registry's cache copy
+    batch_size: int = 8  # images per image-encoder call
+    bf16: bool = False  # image encoder under bf16 autocast; the decoder stays fp32
+    sdpa: bool = True  # image-encoder attention through scaled_dot_product_attention (same maths)
+    compile: bool = False  # torch.compile the image encoder (GPU; first batch pays the compile)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_gpus: str | float = "auto"  # what the stage asks Ray for; auto -> 1 if CUDA is visible
+    verify_sha256: bool = True
+    seed: int = 0  # initialises the tiny preset
+
+    def validate(self) -> list[str]:
+        from scone_data.models.sam import SAM_MODELS
+
+        out = registry.model_setting_problems(
+            "sam", self.model, SAM_MODELS, self.checkpoint, self.device, self.num_gpus, self.verify_sha256
+        )
+        if int(self.batch_size) < 1:
+            out.append(f"batch_size: {self.batch_size} must be >= 1")
+        return out
+
+    def resources(self) -> dict[str, float]:
+        return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
+
+    def model_info(self) -> dict:
+        return {
+            "name": f"sam_{self.model}",
+            "weights_sha256": registry.weights_sha256("sam", self.model, self.checkpoint),
+        }
+
+    def setup(self) -> None:
+        import torch
+
+        from scone_data.models.sam import SamBoxPredictor, build_sam, use_sdpa_
+
+        ckpt = self.checkpoint
+        if self.model != "tiny":
+            ckpt = str(registry.require(registry.for_model("sam", self.model).name, ckpt, self.verify_sha256))
+        model = build_sam(self.model, ckpt, seed=self.seed)
+        if self.sdpa:
+            use_sdpa_(model)
+        self._pred = SamBoxPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
+        if self.compile:
+            model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
+
+    def process(self, batch: Batch) -> Batch:
+        import torch
+
+        n = len(batch["status"])
+        subjects = [
+            [] if subs is None else [dict(s) for s in subs] for subs in batch.get("subjects", [None] * n)
+        ]
+        todo: list[tuple[int, list[int], list[list[float]]]] = []  # row, subject indices, boxes
+        for i in range(n):
+            img = batch["image"][i]
+            if not (
+                isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+            ):
+                reject(batch, i, "bad_image: expected HxWx3 uint8")
+                continue
+            h, w = img.shape[:2]
+            idx, boxes = [], []
+            for k, s in enumerate(subjects[i]):
+                if s.get("mask_rle") is not None:
+                    continue
+                box = _valid_box(s.get("box_xyxy"), w, h)
+                if box is None:
+                    s.update(
+                        mask_rle=encode_rle(np.zeros((h, w), bool)),
+                        mask_score=0.0,
+                        stability=0.0,
+                        mask_source="sam",
+                    )
+                else:
+                    idx.append(k)
+                    boxes.append(box)
+            if idx:
+                todo.append((i, idx, boxes))
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            imgs = [batch["image"][i] for i, _, _ in chunk]
+            res = self._pred.predict_torch(
+                [self._pred.prepare(im) for im in imgs],
+                [im.shape[:2] for im in imgs],
+                [torch.tensor(b, dtype=torch.float32) for _, _, b in chunk],
+            )
+            for (i, idx, _), r in zip(chunk, res):
+                masks = r["masks"].cpu().numpy()
+                iou = r["iou"].clamp(0, 1).cpu().tolist()
+                stab = r["stability"].clamp(0, 1).cpu().tolist()
+                for j, k in enumerate(idx):
+                    subjects[i][k].update(
+                        mask_rle=encode_rle(masks[j]),
+                        mask_score=float(iou[j]),
+                        stability=float(stab[j]),
+                        mask_source="sam",
+                    )
+        batch["subjects"] = subjects
+        return batch
