@@ -23,12 +23,13 @@ from typing import Any
 import pyarrow as pa
 
 from scone_data import SCHEMA_VERSION, __version__, schemas
+from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
 from scone_data.runtime.bank import Bank, ImageLoader, write_extra_rejects, write_unit
 from scone_data.runtime.progress import progress
-from scone_data.shards.files import sweep_temporaries, write_json, write_parquet
+from scone_data.shards.files import sweep_temporaries, write_bytes, write_json, write_parquet
 from scone_data.shards.ledger import Ledger
-from scone_data.shards.writer import ShardWriter
+from scone_data.shards.writer import ShardWriter, iter_records
 
 log = logging.getLogger("scone_data")
 
@@ -105,7 +106,11 @@ def ray_session(rt: C.RuntimeSettings):
 
     started = not ray.is_initialized()
     if started:
-        kw: dict[str, Any] = {"address": rt.ray_address} if rt.ray_address else {"num_cpus": rt.num_cpus}
+        kw: dict[str, Any] = (
+            {"address": rt.ray_address}
+            if rt.ray_address
+            else {"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus}
+        )
         ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = rt.progress
@@ -299,6 +304,10 @@ def finalize(
         ],
     }
     schemas.validate("manifest", manifest)
+    records = [r for n in sorted(shard_stats) for r in iter_records(out / "shards" / f"{n}.tar")]
+    reasons = Counter(manifest["rejects"]) + pair_rejects
+    write_bytes(out / "dataset_card.md", dataset_card(records, reasons).encode())
+    # the manifest is written last: its presence means the whole output is complete
     write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -68,6 +68,9 @@ class RuntimeSettings:
     unit_size: int = 16  # source images per work unit: the granularity of resume and of bank part files
     cpu_workers: int | None = None  # CPU actors; default: the CPUs Ray sees
     num_cpus: int | None = None  # CPUs of the embedded Ray instance; default: all
+    # GPUs the embedded instance declares; default: those CUDA sees. Declaring GPUs on a CPU machine
+    # (with the model stages on device=cpu) is how tests drive the separate GPU actor pools.
+    num_gpus: int | None = None
     progress: bool = True
 
     def validate(self) -> list[str]:

@@ -99,3 +99,13 @@ class ShardWriter:
         }
         write_json(self.directory / f"{self.name}.stats.json", stats)
         return stats
+
+
+def iter_records(tar_path: str | Path):
+    """The sample records of a shard, in order, reading only the json members (image data is seeked over)."""
+    import tarfile
+
+    with tarfile.open(tar_path, "r:") as tf:
+        for m in tf:
+            if m.isfile() and m.name.endswith(".json"):
+                yield json.loads(tf.extractfile(m).read())

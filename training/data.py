@@ -1,0 +1,109 @@
+"""Reading our WebDataset shards as a deterministic, resumable stream of decoded samples.
+
+Order: each epoch shuffles the list of all shards of all listed datasets with (seed, epoch). Streams
+are split across `slots` = world_size * num_workers: by shard (slot s reads shards s, s + slots, ...)
+when there are at least as many shards as slots, otherwise by sample (slot s keeps samples whose
+index in the epoch is s mod slots; every slot then reads every shard, which is logged). A stream is
+infinite (epoch after epoch); its position is (epoch, index of the next sample in that epoch).
+"""
+
+import hashlib
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+TASKS = (
+    "composition_single",
+    "composition_multi",
+    "distinction_single_cross",
+    "distinction_single_intra",
+    "distinction_multi_cross",
+    "distinction_multi_intra",
+)
+
+
+def list_shards(datasets: list[str], split: str) -> list[str]:
+    """Every `{split}-*.tar` of every dataset dir (a dir holding them, or its `shards/` subdir), sorted."""
+    out = []
+    for d in datasets:
+        root = Path(d)
+        found = sorted(root.glob(f"{split}-*.tar")) or sorted((root / "shards").glob(f"{split}-*.tar"))
+        if not found:
+            raise FileNotFoundError(f"no {split}-*.tar shards under {root} (or {root / 'shards'})")
+        out.extend(str(p) for p in found)
+    return out
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def iter_raw(shards: list[str]):
+    """Yield raw tar groups {"__key__", "json": bytes, "ref0.jpg": bytes, ...} with plain WebDataset."""
+    import webdataset as wds
+
+    # Splitting is done by us (deterministic, resumable), so WebDataset's own splitters are turned off.
+    ds = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+    yield from ds
+
+
+def sample_stream(shards: list[str], seed: int, slot: int, slots: int, start: tuple = (0, 0)):
+    """Infinite stream of (epoch, index_in_epoch, raw sample) for one slot, from position `start`."""
+    epoch, index = start
+    while True:
+        order = list(shards)
+        random.Random(_seed(seed, "shards", epoch)).shuffle(order)
+        by_shard = len(order) >= slots
+        mine = order[slot::slots] if by_shard else order
+        i = -1
+        for k, raw in enumerate(iter_raw(mine)):
+            if not by_shard and k % slots != slot:
+                continue
+            i += 1
+            if i < index:
+                continue  # resuming: skip what was consumed (bytes only, nothing decoded)
+            yield epoch, i, raw
+        epoch, index = epoch + 1, 0
+
+
+@dataclass
+class Resize:
+    """Aspect-preserving resize: long side <= max_size, short side >= min_size (the long side wins),
+    then each side floored to a multiple of `stride` (at least one stride)."""
+
+    max_size: int
+    min_size: int
+    stride: int
+
+    def size(self, w: int, h: int) -> tuple[int, int]:
+        scale = min(self.max_size / max(w, h), max(self.min_size / min(w, h), 1.0))
+        nw, nh = (max(self.stride, int(round(s * scale)) // self.stride * self.stride) for s in (w, h))
+        return nw, nh
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB -> (3, H, W) float32 in [-1, 1] (mean 0.5, std 0.5 as BAGEL's VAE and SigLIP use)."""
+        img = img.resize(self.size(*img.size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+        return x.permute(2, 0, 1).contiguous()
+
+
+def decode_sample(raw: dict) -> dict:
+    """Raw tar group -> {"key", "record", "refs": [PIL], "target": PIL}. Raises ValueError on bad data."""
+    record = json.loads(raw["json"])
+    refs = []
+    for ref in record["references"]:
+        if ref["member"] not in raw:
+            raise ValueError(f"{raw['__key__']}: missing member {ref['member']}")
+        refs.append(Image.open(io.BytesIO(raw[ref["member"]])).convert("RGB"))
+    if "target.jpg" not in raw:
+        raise ValueError(f"{raw['__key__']}: missing member target.jpg")
+    target = Image.open(io.BytesIO(raw["target.jpg"])).convert("RGB")
+    if record.get("task") not in TASKS:
+        raise ValueError(f"{raw['__key__']}: unknown task {record.get('task')!r}")
+    return {"key": record["key"], "record": record, "refs": refs, "target": target}

@@ -1,0 +1,157 @@
+"""Qwen2 decoder with Mixture-of-Transformers layers in BAGEL's key layout.
+
+Every decoder layer holds two experts with identical shapes: the understanding expert (plain Qwen2
+names: q_proj, mlp, input_layernorm, ...) for text and ViT tokens, and the generation expert (the same
+names with `_moe_gen`) for VAE tokens. Attention is one joint attention over the packed sequence.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from scone_train.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
+from torch import nn
+
+
+@dataclass
+class LLMConfig:
+    """The fields of BAGEL's llm_config.json this model reads (Qwen2 names)."""
+
+    vocab_size: int = 152064
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def _route(x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, f_und, f_gen) -> torch.Tensor:
+    """Apply f_und to rows `und` and f_gen to rows `gen` of x (L, *) -> (L, *out)."""
+    a, b = f_und(x[und]), f_gen(x[gen])
+    out = a.new_zeros((x.shape[0], *a.shape[1:]))
+    out[und] = a
+    out[gen] = b.to(a.dtype)
+    return out
+
+
+class MoTAttention(nn.Module):
+    """Joint attention with per-expert q/k/v/o projections and QK-norm (PackedAttentionMoT names)."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.cfg = cfg
+        nq, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(h, nq * d, bias=True))
+            setattr(self, f"k_proj{suffix}", nn.Linear(h, nkv * d, bias=True))
+            setattr(self, f"v_proj{suffix}", nn.Linear(h, nkv * d, bias=True))
+            setattr(self, f"o_proj{suffix}", nn.Linear(nq * d, h, bias=False))
+            setattr(self, f"q_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
+
+    def forward(self, x, und, gen, cos, sin, attn) -> torch.Tensor:
+        """x (L, H); und/gen int64 row indexes; cos/sin (L, D); attn: an `Attention` (see forward)."""
+        c = self.cfg
+        nq, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = _route(x, und, gen, self.q_proj, self.q_proj_moe_gen).view(-1, nq, d)
+        k = _route(x, und, gen, self.k_proj, self.k_proj_moe_gen).view(-1, nkv, d)
+        v = _route(x, und, gen, self.v_proj, self.v_proj_moe_gen).view(-1, nkv, d)
+        q = self._norm(q, und, gen, "q")
+        k = self._norm(k, und, gen, "k")
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attn(q, k, v).reshape(-1, nq * d)
+        return _route(out, und, gen, self.o_proj, self.o_proj_moe_gen)
+
+    def _norm(self, t: torch.Tensor, und, gen, which: str) -> torch.Tensor:
+        return _route(t, und, gen, getattr(self, f"{which}_norm"), getattr(self, f"{which}_norm_moe_gen"))
+
+
+class MoTDecoderLayer(nn.Module):
+    """Qwen2MoTDecoderLayer: pre-norm attention and MLP, each with an und and a gen copy."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.self_attn = MoTAttention(cfg)
+        self.mlp = SwiGLU(h, cfg.intermediate_size)
+        self.mlp_moe_gen = SwiGLU(h, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.input_layernorm_moe_gen = RMSNorm(h, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.post_attention_layernorm_moe_gen = RMSNorm(h, cfg.rms_norm_eps)
+
+    def forward(self, x, und, gen, cos, sin, attn) -> torch.Tensor:
+        y = _route(x, und, gen, self.input_layernorm, self.input_layernorm_moe_gen)
+        x = x + self.self_attn(y, und, gen, cos, sin, attn)
+        y = _route(x, und, gen, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        y = _route(y, und, gen, self.mlp, self.mlp_moe_gen)
+        return x + y
+
+
+class Qwen2MoTModel(nn.Module):
+    """`language_model.model`: embed_tokens, layers, norm, norm_moe_gen."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen2MoTForCausalLM(nn.Module):
+    """`language_model`: the decoder plus an (untied) lm_head, as in BAGEL checkpoints."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Qwen2MoTModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, x, position_ids, und, gen, attn_for_layer, after_layer=None, checkpoint=False):
+        """Run the decoder over a packed sequence.
+
+        x: (L, H) input embeddings; position_ids: (L,) int64 RoPE ids; und/gen: int64 row indexes.
+        attn_for_layer(i) -> callable(q (L,Hq,D), k (L,Hkv,D), v) -> (L,Hq,D): the attention of layer i
+        (lets the caller switch masks between layers). after_layer(i, hidden) is called after each layer
+        (the Scone mask reads layer 8's output). Returns final hidden states (L, H), expert-normed.
+        """
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            attn = attn_for_layer(i)
+            if checkpoint and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, und, gen, cos, sin, attn, use_reentrant=False)
+            else:
+                x = layer(x, und, gen, cos, sin, attn)
+            if after_layer is not None:
+                after_layer(i, x)
+        return _route(x, und, gen, self.model.norm, self.model.norm_moe_gen)
+
+
+def dense_attention(bias: torch.Tensor):
+    """Attention over the whole packed sequence with an additive bias (L, L) (0 or -inf), via SDPA.
+
+    GQA is expanded by repeating k/v heads. This is the CPU / reference path; it materialises L x L.
+    """
+
+    def attn(q, k, v):
+        groups = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=bias.to(q.dtype),
+        )
+        return out[0].transpose(0, 1)
+
+    return attn

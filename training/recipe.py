@@ -1,0 +1,235 @@
+"""The Scone training recipe for one stage, top to bottom: validate -> setup -> train -> cleanup.
+
+    scone-train training/configs/stage1_step1.yaml data.shards=[out/demo/shards] [key=value ...]
+
+Single process or `torchrun --nproc_per_node=N -m scone_train.cli ...` (FSDP2). Resumes by itself
+from `train.output_dir/latest` when that exists (exactly: weights, AdamW state, step, stream
+positions per rank and RNG states), and stops after `train.steps` optimizer steps.
+"""
+
+import fnmatch
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from scone_train import dist
+from scone_train.checkpoint import build_model, load_optimizer, save_model_dir, save_optimizer
+from scone_train.data import Resize, list_shards
+from scone_train.loader import LoaderState, PackedStream, make_loader, to_device_tensors
+from scone_train.packing import SequenceBuilder
+from scone_train.tokenizer import special_ids
+
+log = logging.getLogger("scone_train")
+
+
+def set_trainable(model, trainable: list[str], frozen: list[str]) -> list[str]:
+    """requires_grad = matches a `trainable` glob and no `frozen` glob. Returns the trained names."""
+    names = []
+    for name, p in model.named_parameters():
+        on = any(fnmatch.fnmatch(name, g) for g in trainable) and not any(
+            fnmatch.fnmatch(name, g) for g in frozen
+        )
+        p.requires_grad_(on)
+        if on:
+            names.append(name)
+    return names
+
+
+def make_builder(cfg: dict, model, tok) -> SequenceBuilder:
+    d, mc = cfg["data"], model.cfg
+    return SequenceBuilder(
+        tok,
+        special_ids(tok),
+        Resize(**d["vae_image"]),
+        Resize(**d["vit_image"]),
+        model.vit_cfg.patch_size,
+        mc.vae_downsample * mc.latent_patch_size,
+        mc.max_latent_size,
+        mc.vit_max_num_patch_per_side,
+        d.get("dropout", {}),
+        cfg["train"]["seed"],
+    )
+
+
+@torch.no_grad()
+def encode_latents(vae, model, batch: dict) -> torch.Tensor:
+    """VAE-encode every image of the batch (grouped by size) -> patchified latents (N_vae, p*p*16) fp32."""
+    imgs, groups = batch["vae_images"], {}
+    for i, im in enumerate(imgs):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    lat = [None] * len(imgs)
+    for _, idx in sorted(groups.items()):
+        z = vae.encode(torch.stack([imgs[i] for i in idx]))
+        for j, i in enumerate(idx):
+            lat[i] = z[j].float()
+    return model.patchify_latents(lat, batch["vae_shapes"])
+
+
+def train(cfg: dict) -> list[float]:
+    """Run one stage. Returns the loss of every step run by this call (global mean over ranks)."""
+    # ---- validate / environment ------------------------------------------------------------------
+    env = dist.init()
+    tc, out = cfg["train"], Path(cfg["train"]["output_dir"])
+    bf16 = tc["dtype"] == "bf16"
+    resume = _latest(out) if tc.get("resume", "auto") == "auto" else None
+    if resume is not None:
+        cfg = {**cfg, "model": {**cfg["model"], "path": str(resume)}}
+    torch.manual_seed(tc["seed"] + env.rank)
+    if env.device.type == "cpu":
+        torch.set_flush_denormal(
+            True
+        )  # Adam on near-zero (zero-initialised) heads makes denormals: 10x slower
+
+    # ---- setup: model ----------------------------------------------------------------------------
+    model, vae, tok = build_model(cfg)
+    trained = set_trainable(model, tc["trainable"], tc["frozen"])
+    vae.requires_grad_(False).eval()
+    model.vit_model.eval()
+    model.to(env.device)
+    vae.to(env.device)
+    if env.world > 1:
+        dist.shard(model, bf16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc["eps"], weight_decay=tc["weight_decay"]
+    )
+
+    # ---- setup: state to resume --------------------------------------------------------------------
+    step, lstate = 0, LoaderState(cfg["data"]["num_workers"])
+    if resume is not None:
+        st = json.loads((resume / "trainer_state.json").read_text())
+        step = st["step"]
+        osd = load_optimizer(resume)
+        for g in [*osd["param_groups"], *opt.param_groups]:  # the schedule's key is set again below
+            g.pop("initial_lr", None)
+        dist.load_full_state(model, opt, None, osd)
+        ls = st["loader"][env.rank]
+        lstate = LoaderState(ls["num_workers"], ls["cursors"], ls["next_role"])
+        rng = load_file(str(resume / f"rng_rank{env.rank}.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    for g in opt.param_groups:
+        g["initial_lr"] = tc["lr"]
+    warm = tc["warmup_steps"]
+    # Linear warm-up then constant; last_epoch puts a resumed schedule where it stopped.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0, last_epoch=step - 1
+    )
+
+    # ---- setup: data -------------------------------------------------------------------------------
+    shards = list_shards(_as_list(cfg["data"]["shards"]), cfg["data"].get("split", "train"))
+    builder = make_builder(cfg, model, tok)
+    stream = PackedStream(
+        shards,
+        builder,
+        tc["seed"],
+        env.rank,
+        env.world,
+        cfg["data"]["num_workers"],
+        cfg["data"]["max_tokens"],
+        cfg["data"]["max_tokens_per_sample"],
+        cursors=lstate.cursors,
+        next_role=lstate.next_role,
+        tasks=cfg["data"]["tasks"],
+    )
+    batches = iter(make_loader(stream, cfg["data"]["num_workers"]))
+    if env.main:
+        log.info(
+            "stage %s: %d shards, %d trained tensors, from step %d to %d",
+            cfg["stage"],
+            len(shards),
+            len(trained),
+            step,
+            tc["steps"],
+        )
+
+    # ---- train -----------------------------------------------------------------------------------
+    losses, t0, tokens = [], time.perf_counter(), 0
+    model.train()
+    model.vit_model.eval()
+    while step < tc["steps"]:
+        batch, meta = next(batches)
+        batch = to_device_tensors(batch, env.device)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
+            latents = encode_latents(vae, model, batch)
+            res = model(
+                batch,
+                latents,
+                tc["timestep_shift"],
+                cfg.get("mask"),
+                checkpoint=tc["activation_checkpointing"],
+            )
+        n_target = dist.all_sum(res["mse"].numel(), env)
+        # Normalise by the global count of target tokens; FSDP averages gradients over ranks, hence * world.
+        loss = res["mse"].sum() * env.world / n_target
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        lstate.consumed(meta)
+        step += 1
+        global_loss = dist.all_sum(res["mse"].detach().sum(), env) / n_target
+        losses.append(global_loss)
+        tokens += batch["seq_len"]
+        if env.main and (step % tc["log_every"] == 0 or step == tc["steps"]):
+            dt = time.perf_counter() - t0
+            rec = {
+                "step": step,
+                "loss": round(global_loss, 6),
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm),
+                "tokens_per_s": round(tokens * env.world / dt, 1),
+                "samples": meta["samples"],
+                "mask_frac": res["mask_frac"],
+            }
+            log.info(json.dumps(rec))
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            t0, tokens = time.perf_counter(), 0
+        if step % tc["save_every"] == 0 and step < tc["steps"]:
+            save(out / f"step_{step:07d}", cfg, model, vae, tok, opt, step, lstate, env)
+
+    # ---- cleanup ---------------------------------------------------------------------------------
+    save(out / "final", cfg, model, vae, tok, opt, step, lstate, env)
+    dist.cleanup()
+    return losses
+
+
+def save(path: Path, cfg, model, vae, tok, opt, step: int, lstate: LoaderState, env) -> None:
+    """Self-contained checkpoint (see checkpoint.py); each rank adds its own RNG and stream state."""
+    import torch.distributed as tdist
+
+    msd, osd = dist.full_state(model, opt)
+    states = [lstate.to_dict()]
+    if env.world > 1:
+        states = [None] * env.world
+        tdist.all_gather_object(states, lstate.to_dict())
+    if env.main:
+        save_model_dir(path, msd, model, vae, tok, cfg)
+        save_optimizer(path, osd)
+        (path / "trainer_state.json").write_text(
+            json.dumps({"step": step, "stage": cfg["stage"], "loader": states})
+        )
+    dist.barrier(env)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(path / f"rng_rank{env.rank}.safetensors"))
+    dist.barrier(env)
+    if env.main:
+        (path.parent / "latest").write_text(path.name)
+
+
+def _latest(out: Path) -> Path | None:
+    f = out / "latest"
+    return out / f.read_text().strip() if f.exists() else None
+
+
+def _as_list(x) -> list:
+    return [x] if isinstance(x, str) else list(x)
