@@ -1,4 +1,4 @@
-"""``scone-data``: build, regen, validate, stats (and weights, when the model stages are installed).
+"""``scone-data``: build, regen, validate, stats, export, import, inspect, weights.
 
 Exit codes: 0 done, 1 the output is invalid / the job failed, 2 bad settings (nothing was run).
 """
@@ -113,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("output")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
+    from scone_data.interop.cli import add_interop_parsers
+
+    add_interop_parsers(sub)  # export, import, inspect
     try:
         from scone_data.models.weights_cli import add_weights_parser, run_weights
     except ImportError:  # the model stages are optional for annotation-only builds

@@ -1,0 +1,236 @@
+"""One source row -> one sample record: the field map, its presets, and the conversion rules.
+
+The rules (what an imported sample is) are in :mod:`scone_data.interop.imports`' docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from scone_data import SCHEMA_VERSION, __version__
+from scone_data.imageio import DecodeError, content_id, decode_image, encode_jpeg
+from scone_data.interop.reader import InteropError
+
+FORMATS = ("scone-parquet", "jsonl")
+# Above 3 references a sample no longer fits the trainer's packed sequence budget (pairs.config).
+DEFAULT_MAX_REFERENCES = 3
+# Same decompression-bomb guard as the build's decode stage default (decode.max_pixels).
+MAX_PIXELS = 40_000_000
+JPEG_QUALITY = 95
+REASONS = (
+    "missing_field",
+    "no_references",
+    "too_many_references",
+    "empty_instruction",
+    "image_missing",
+    "duplicate_sample",
+    "invalid_row",
+)  # plus the decode reasons of scone_data.imageio (not_an_image, truncated, too_many_pixels, ...)
+
+_PLACEHOLDER = re.compile(r"<img>\s*<\|image_(\d+)\|>\s*</img>")
+
+
+@dataclass
+class FieldMap:
+    """Which source fields hold what. Dotted names reach into nested objects (``meta.prompt``)."""
+
+    images: str = ""  # one list: references first, target last (Scone parquet)
+    references: str = ""  # a list field, or several single-image fields joined by commas
+    target: str = ""
+    instruction: str = "instruction"
+    label: str = ""  # optional: a string, or a list with one label per reference
+    placeholders: bool = False  # rewrite X2I's <img><|image_N|></img> to "image N"
+
+    def validate(self) -> list[str]:
+        p = []
+        if bool(self.images) == bool(self.references or self.target):
+            p.append("give either images=FIELD or references=FIELD(S) and target=FIELD, not both")
+        if not self.images and not (self.references and self.target):
+            p.append("references and target are both needed when images is not given")
+        if not self.instruction:
+            p.append("instruction=FIELD is required")
+        return p
+
+
+PRESETS: dict[str, FieldMap] = {
+    "scone-s2i": FieldMap(images="image", instruction="instruction"),
+    "x2i": FieldMap(
+        references="input_images", target="output_image", instruction="instruction", placeholders=True
+    ),
+    "generic": FieldMap(references="references", target="target", instruction="prompt"),
+}
+DEFAULT_PRESET = {"scone-parquet": "scone-s2i", "jsonl": "generic"}
+
+
+def field_map(fmt: str, preset: str | None = None, overrides: list[str] | None = None) -> FieldMap:
+    """The preset (default per format) with ``key=value`` overrides; raises InteropError (code 2)."""
+    problems = []
+    if fmt not in FORMATS:
+        problems.append(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    name = preset or DEFAULT_PRESET.get(fmt, "generic")
+    if name not in PRESETS:
+        problems.append(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+        name = "generic"
+    fm = FieldMap(**asdict(PRESETS[name]))
+    known = {f.name for f in fields(FieldMap)}
+    for item in overrides or []:
+        k, eq, v = item.partition("=")
+        if not eq or k not in known:
+            problems.append(f"--field {item!r}: expected KEY=VALUE with KEY in {', '.join(sorted(known))}")
+            continue
+        setattr(fm, k, v.strip().lower() in ("1", "true", "yes") if k == "placeholders" else v.strip())
+    problems += fm.validate()
+    if problems:
+        raise InteropError("bad import settings: " + "; ".join(problems), code=2)
+    return fm
+
+
+class RowReject(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _get(row: dict[str, Any], name: str) -> Any:
+    cur: Any = row
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            raise RowReject("missing_field", name)
+        cur = cur[part]
+    return cur
+
+
+def _image_bytes(value: Any, root: Path) -> bytes:
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, str) or not value:
+        raise RowReject("image_missing", repr(value)[:80])
+    p = Path(value) if Path(value).is_absolute() else root / value
+    if not p.is_file():
+        raise RowReject("image_missing", str(p))
+    return p.read_bytes()
+
+
+def _as_jpeg(data: bytes) -> tuple[bytes, int, int]:
+    """``(jpeg_bytes, width, height)``; raises RowReject with a decode reason."""
+    try:
+        img = decode_image(data, MAX_PIXELS)
+    except DecodeError as e:
+        raise RowReject(e.reason, e.detail) from None
+    h, w = img.shape[:2]
+    if data[:3] == b"\xff\xd8\xff":
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            if im.getexif().get(0x0112, 1) == 1:  # no EXIF rotation: the bytes already show what we saw
+                return data, w, h
+    return encode_jpeg(img, JPEG_QUALITY), w, h
+
+
+def _labels(row: dict[str, Any], fm: FieldMap, n: int, default: str) -> list[str]:
+    if not fm.label:
+        return [default] * n
+    try:
+        v = _get(row, fm.label)
+    except RowReject:
+        return [default] * n
+    if isinstance(v, str):
+        return [v or default] * n
+    v = [str(x) if x else default for x in list(v)]
+    return (v + [default] * n)[:n]
+
+
+def convert_row(
+    row: dict[str, Any],
+    fm: FieldMap,
+    root: Path,
+    source: str,
+    split: str,
+    label: str,
+    max_refs: int,
+    cfg_hash: str,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """One source row -> ``(sample record, members)``; raises RowReject."""
+    if fm.images:
+        imgs = list(_get(row, fm.images))
+        if len(imgs) < 2:
+            raise RowReject("no_references", f"{len(imgs)} image(s) in {fm.images}")
+        ref_vals, tgt_val = imgs[:-1], imgs[-1]
+    else:
+        names = [s.strip() for s in fm.references.split(",") if s.strip()]
+        if len(names) == 1:
+            v = _get(row, names[0])
+            ref_vals = [v] if isinstance(v, (str, dict, bytes)) else list(v)
+        else:
+            ref_vals = [_get(row, n) for n in names]
+        tgt_val = _get(row, fm.target)
+    if not ref_vals:
+        raise RowReject("no_references")
+    if len(ref_vals) > max_refs:
+        raise RowReject("too_many_references", f"{len(ref_vals)} > {max_refs}")
+    instruction = str(_get(row, fm.instruction))
+    if fm.placeholders:
+        instruction = _PLACEHOLDER.sub(lambda m: f"image {m.group(1)}", instruction)
+    instruction = " ".join(instruction.split())
+    if not instruction:
+        raise RowReject("empty_instruction")
+    refs = [_as_jpeg(_image_bytes(v, root)) for v in ref_vals]
+    tgt, tw, th = _as_jpeg(_image_bytes(tgt_val, root))
+    ids = [content_id(b) for b, _, _ in refs]
+    tid = content_id(tgt)
+    key = hashlib.sha256("\0".join([instruction, *ids, tid]).encode()).hexdigest()[:16]
+    labels = _labels(row, fm, len(refs), label)
+    references, target_boxes, members = [], [], {"target.jpg": tgt}
+    for i, ((data, w, h), rid, lab) in enumerate(zip(refs, ids, labels)):
+        sid = f"{key}-r{i}"
+        references.append(
+            {
+                "member": f"ref{i}.jpg",
+                "width": w,
+                "height": h,
+                "kind": "crop",
+                "candidates": [
+                    {
+                        "subject_id": sid,
+                        "label": lab,
+                        "box_xyxy": [0.0, 0.0, float(w), float(h)],
+                        "intended": True,
+                        "source_image_id": rid,
+                    }
+                ],
+                "subject_list": [lab],
+                "subject_label": [lab],
+                "expression": None,
+                "augment": {},
+            }
+        )
+        target_boxes.append(
+            {"subject_id": sid, "label": lab, "box_xyxy": [0.0, 0.0, float(tw), float(th)], "ref_index": i}
+        )
+        members[f"ref{i}.jpg"] = data
+    rec = {
+        "schema_version": SCHEMA_VERSION,
+        "key": key,
+        "task": "composition_single" if len(refs) == 1 else "composition_multi",
+        "split": split,
+        "instruction": instruction,
+        "references": references,
+        "target": {"member": "target.jpg", "image_id": tid, "width": tw, "height": th, "boxes": target_boxes},
+        "provenance": {
+            "builder_version": __version__,
+            "config_hash": cfg_hash,
+            "seed": 0,
+            "source": source,
+            "models": [],
+        },
+    }
+    return rec, members

@@ -1,0 +1,221 @@
+"""``scone-data import``: existing subject-driven sets into our shards (a normal, validatable output).
+
+Two readers, one field map (:class:`FieldMap`, presets in :data:`PRESETS`, any field overridable):
+
+- ``scone-parquet``: Scone-S2I-57K-style parquet files, one list column of encoded images
+  (references first, the target last) and an instruction column (preset ``scone-s2i``).
+- ``jsonl``: one JSON object per line with image paths (relative to ``image_root``, default the
+  jsonl's folder), a reference list, a target and a prompt: X2I / OmniGen style (preset ``x2i``:
+  ``input_images``, ``output_image``, ``instruction``, with ``<img><|image_N|></img>`` turned into
+  "image N"), or any other layout such as MUSAR- or UNO-style sets through ``--field``
+  (``references`` may also name several single-image fields: ``references=img1,img2``).
+
+An image value may be a path, raw bytes, or a ``{"bytes": ..., "path": ...}`` struct (Hugging Face
+Image columns). What an imported sample is, since these sets say nothing about candidates:
+
+- task: ``composition_single`` for one reference, ``composition_multi`` for more (no distractor
+  information exists to call anything a distinction sample);
+- each reference has ONE candidate, the intended one, covering the whole reference image
+  (``box_xyxy = [0, 0, w, h]``), labelled from the ``label`` field (a string or one per reference),
+  else ``--label``, else "subject"; reference ``kind`` is "crop" (a real photo, not a cutout/canvas);
+- the target has one box per reference, each the whole target image;
+- ``provenance.source`` is ``import:<format>:<file>#<row>`` (row counted from 0), ``models`` empty.
+
+JPEG inputs without an EXIF rotation are stored byte for byte; anything else is decoded and re-encoded
+as JPEG (quality ``convert.JPEG_QUALITY``) so the ``.jpg`` member names stay true. A row that cannot be
+imported becomes a reject row (stage ``import``) with one of the reasons in ``convert.REASONS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from scone_data import SCHEMA_VERSION, __version__, schemas
+from scone_data.interop.convert import (
+    DEFAULT_MAX_REFERENCES,
+    FORMATS,
+    PRESETS,
+    REASONS,
+    FieldMap,
+    RowReject,
+    convert_row,
+    field_map,
+)
+from scone_data.interop.reader import InteropError
+from scone_data.interop.report import Reporter
+from scone_data.shards.files import write_json, write_parquet
+from scone_data.shards.writer import ShardWriter
+
+__all__ = ["FORMATS", "PRESETS", "REASONS", "FieldMap", "field_map", "import_dataset"]
+
+DEFAULT_SAMPLES_PER_SHARD = 256  # as the build's default (shards.samples_per_shard)
+PARQUET_BATCH_ROWS = 64  # rows read at a time from a parquet source: bounded memory for big image lists
+
+
+def _rows(fmt: str, path: Path):
+    """Yield ``(row_number, row_dict | None, error)`` of one source file; a bad jsonl line is a row error."""
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, None, f"invalid json: {e}"
+                    continue
+                yield (
+                    i,
+                    obj if isinstance(obj, dict) else None,
+                    "" if isinstance(obj, dict) else "not an object",
+                )
+    else:
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield i, row, ""
+                i += 1
+
+
+def _count_rows(fmt: str, path: Path) -> int:
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def import_dataset(
+    sources: list[str | Path],
+    output: str | Path,
+    fmt: str,
+    fm: FieldMap,
+    split: str = "train",
+    label: str = "subject",
+    image_root: str | Path | None = None,
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+    max_references: int = DEFAULT_MAX_REFERENCES,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Import ``sources`` (files of format ``fmt``) into a new output directory; returns its manifest."""
+    problems = fm.validate()
+    if fmt not in FORMATS:
+        problems.append(f"format must be one of {', '.join(FORMATS)}")
+    if split not in ("train", "val"):
+        problems.append(f"split must be train or val, got {split!r}")
+    if samples_per_shard < 1 or max_references < 1:
+        problems.append("samples_per_shard and max_references must be >= 1")
+    if not label:
+        problems.append("label must not be empty")
+    paths = [Path(s) for s in sources]
+    problems += [f"{p}: no such file" for p in paths if not p.is_file()]
+    if problems:
+        raise InteropError("bad import settings: " + "; ".join(problems), code=2)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InteropError(f"{out} exists and is not empty (use --overwrite)", code=2)
+        shutil.rmtree(out)
+    reporter = reporter or Reporter("import", show_progress=False)
+    config = {
+        "import": {
+            "format": fmt,
+            "sources": [str(p.resolve()) for p in paths],
+            "fields": asdict(fm),
+            "split": split,
+            "label": label,
+            "image_root": str(image_root) if image_root else None,
+            "samples_per_shard": samples_per_shard,
+            "max_references": max_references,
+        }
+    }
+    cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    total = sum(_count_rows(fmt, p) for p in paths)
+    reporter.start(format=fmt, sources=[str(p) for p in paths], output=str(out), rows=total)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    rejects: list[dict[str, Any]] = []
+    shards: list[dict[str, Any]] = []
+    tasks: Counter = Counter()
+    seen: set[str] = set()
+    images: set[str] = set()
+    subjects = 0
+    writer: ShardWriter | None = None
+
+    def close_shard() -> None:
+        nonlocal writer
+        if writer is not None and writer.rows:
+            st = writer.close()
+            shards.append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
+        writer = None
+
+    with reporter.phase(total, "import rows") as bar:
+        for path in paths:
+            root = Path(image_root) if image_root else path.parent
+            for i, row, err in _rows(fmt, path):
+                uri = f"{path}#{i}"
+                try:
+                    if row is None:
+                        raise RowReject("invalid_row", err)
+                    src = f"import:{fmt}:{path.name}#{i}"
+                    rec, members = convert_row(row, fm, root, src, split, label, max_references, cfg_hash)
+                    if rec["key"] in seen:
+                        raise RowReject(
+                            "duplicate_sample",
+                            f"same images and instruction as an earlier row ({rec['key']})",
+                        )
+                except RowReject as e:
+                    rejects.append(
+                        {
+                            "schema_version": SCHEMA_VERSION,
+                            "stage": "import",
+                            "uri": uri,
+                            "image_id": None,
+                            "reason": e.reason,
+                            "detail": e.detail[:200],
+                        }
+                    )
+                    bar.update()
+                    continue
+                if writer is None:
+                    writer = ShardWriter(shard_dir, f"{split}-{len(shards):05d}")
+                writer.write(rec, members)
+                seen.add(rec["key"])
+                tasks[rec["task"]] += 1
+                subjects += len(rec["references"])
+                images.update(
+                    [rec["target"]["image_id"]]
+                    + [r["candidates"][0]["source_image_id"] for r in rec["references"]]
+                )
+                if len(writer.rows) == samples_per_shard:
+                    close_shard()
+                bar.update()
+    close_shard()
+    write_parquet(out / "rejects.parquet", schemas.to_table("reject", rejects))
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "scone_data_version": __version__,
+        "kind": "build",  # manifest v1 has no "import" kind; config.import says where the data came from
+        "config": config,
+        "config_hash": cfg_hash,
+        "seed": 0,
+        "images": len(images),
+        "subjects": subjects,
+        "samples": sum(tasks.values()),
+        "tasks": dict(sorted(tasks.items())),
+        "splits": {split: sum(tasks.values())} if tasks else {},
+        "rejects": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "pair_rejects": {},
+        "shards": shards,
+    }
+    schemas.validate("manifest", manifest)
+    write_json(out / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,84 @@
+"""Read an output directory's samples back, shard by shard in manifest order, without webdataset.
+
+A sample is ``(record, members)``: the parsed ``{key}.json`` and a dict of its other members
+(``ref0.jpg`` ... ``target.jpg`` -> encoded bytes). Members of a sample are sorted in the tar
+(``json`` < ``ref*`` < ``target``), so the json is seen first and a caller can decide per record
+whether the image bytes are read at all (``want_images``): statistics over a large output then only
+read the small json members and seek past the JPEGs.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+
+class InteropError(Exception):
+    """A command cannot run: ``code`` 1 (input missing or unusable) or 2 (bad settings, nothing run)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def load_manifest(output: str | Path) -> dict[str, Any]:
+    p = Path(output) / "manifest.json"
+    if not p.exists():
+        raise InteropError(f"{output}: no manifest.json (not a scone-data output, or the run did not finish)")
+    return json.loads(p.read_text())
+
+
+def shard_paths(output: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
+    """The tars the manifest lists, in its order."""
+    manifest = manifest or load_manifest(output)
+    return [Path(output) / "shards" / f"{e['name']}.tar" for e in manifest["shards"]]
+
+
+def count_samples(output: str | Path, split: str | None = None) -> int:
+    """Samples of ``split`` (None: all), from the shards' parquet indexes (no tar is read)."""
+    n = 0
+    for tar in shard_paths(output):
+        idx = tar.with_suffix(".parquet")
+        if split is None:
+            n += pq.ParquetFile(idx).metadata.num_rows
+        else:
+            n += sum(
+                1 for s in pq.read_table(idx, columns=["split"]).column("split").to_pylist() if s == split
+            )
+    return n
+
+
+def iter_samples(
+    output: str | Path,
+    split: str | None = None,
+    want_images: bool | Callable[[dict[str, Any]], bool] = True,
+) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Yield ``(record, members)`` of every sample (of ``split``, if given) in manifest/tar order.
+
+    ``members`` is empty for records where ``want_images`` is (or returns) False.
+    """
+    for tar_path in shard_paths(output):
+        with tarfile.open(tar_path, "r:") as tf:
+            rec: dict[str, Any] | None = None
+            keep = False
+            members: dict[str, bytes] = {}
+            key = None
+            for m in tf:
+                k, _, ext = m.name.partition(".")
+                if k != key:
+                    if rec is not None and (split is None or rec["split"] == split):
+                        yield rec, members
+                    key, rec, members, keep = k, None, {}, False
+                if ext == "json":
+                    rec = json.loads(tf.extractfile(m).read())
+                    keep = split is None or rec["split"] == split
+                    keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
+                elif keep:
+                    members[ext] = tf.extractfile(m).read()
+            if rec is not None and (split is None or rec["split"] == split):
+                yield rec, members
