@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup demo test lint format bench train-demo clean
+.PHONY: help setup demo test lint format bench train-demo soak clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -39,6 +39,9 @@ bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed
 	mkdir -p bench/out
 	$(BIN)/python bench/gpu_detect_segment.py --smoke --out bench/out/gpu_detect_segment_smoke.json
 	$(BIN)/python bench/gpu_train.py --smoke --out bench/out/gpu_train_smoke.json
+
+soak: setup  ## fault-injection soak: 500 SIGKILL-and-resume trials of build and regen (~10 min)
+	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf out bench/out .pytest_cache

@@ -1,4 +1,4 @@
-"""``scone-data``: build, regen, validate, stats, export, import, inspect, weights.
+"""``scone-data``: build, regen, validate, stats, export, import, inspect, weights, doctor.
 
 Exit codes: 0 done, 1 the output is invalid / the job failed, 2 bad settings (nothing was run).
 """
@@ -116,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
     from scone_data.interop.cli import add_interop_parsers
 
     add_interop_parsers(sub)  # export, import, inspect
+    from scone_data.runtime.doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
     try:
         from scone_data.models.weights_cli import add_weights_parser, run_weights
     except ImportError:  # the model stages are optional for annotation-only builds
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SettingsChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only output, ...: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

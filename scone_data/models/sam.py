@@ -84,7 +84,18 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    import pickle
+
+    from scone_data.models.registry import CheckpointError
+
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests weights_only=False, which would run the file's code: never do that
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects other than tensors ({str(e).splitlines()[0][:120]}); "
+            "use an official checkpoint (`scone-data weights fetch NAME`) or a .safetensors file"
+        ) from None
     return sd.get("model", sd) if isinstance(sd, dict) else sd
 
 

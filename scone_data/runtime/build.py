@@ -248,7 +248,12 @@ def run_shard_phase(
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
             name = futures.pop(ready[0])
-            done[name] = _finish_shard(ledger, name, ray.get(ready[0]))
+            try:
+                stats = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                # the worker's own error (a full disk, say) reads the same as under the local executor
+                raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+            done[name] = _finish_shard(ledger, name, stats)
             bar.update(1)
     bar.close()
     return {n: done[n] for n, _ in jobs}, plan_rejects

@@ -95,7 +95,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:  # safe_load: a tag such as !!python/object is refused, not run
+            raise ConfigError(
+                [f"override {item!r}: not a valid YAML value ({' '.join(str(e).split())})"]
+            ) from e
     return out
 
 

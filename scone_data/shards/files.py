@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from scone_data.runtime import faults
 
 TMP_PREFIX = ".tmp-"
 
@@ -24,22 +26,50 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{path.name}")
 
 
+class OutputWriteError(OSError):
+    """An output file could not be written (disk full, read-only, ...); nothing was published under
+    its name. ``errno`` is the OS error's; ``str()`` is one line naming the file and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _write_error(path: Path, e: OSError) -> OutputWriteError:
+    return OutputWriteError(
+        e.errno,
+        f"cannot write {path}: {e.strerror or e}; nothing was published under that name "
+        "(free space or make the output writable, then rerun: the run resumes)",
+    )
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary beside ``path``; on a clean exit fsync it and rename it to ``path``."""
+    """Open a temporary beside ``path``; on a clean exit fsync it and rename it to ``path``.
+
+    A failing write (full disk, read-only output) removes the temporary and raises
+    :class:`OutputWriteError`; other exceptions from the body pass through unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    f = open(tmp, mode)  # noqa: SIM115 - closed below on both paths
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, mode)  # noqa: SIM115 - closed below on both paths
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         yield f
         f.flush()
+        faults.point("before_publish", path)
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, path)
-    except BaseException:
-        f.close()
+        faults.point("published", path)
+    except BaseException as e:
+        with suppress(OSError):  # on a full disk, flushing the rest of the buffer fails again
+            f.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
+            raise _write_error(path, e) from e
         raise
 
 

@@ -18,7 +18,9 @@ Subject reject reasons (``subject_rejects[i]["reason"]``; the image is kept):
 - ``bad_box``: box not 4 numbers.  ``non_finite_box``: NaN or inf.
 - ``bad_box_size``: x1 <= x0 or y1 <= y0.  ``outside_image``: nothing left after clipping.
 - ``missing_box``: neither a box nor a mask to take one from.
-- ``bad_polygon``, ``bad_rle``, ``bad_segmentation``: a mask that cannot be read.
+- ``bad_polygon``, ``bad_rle``, ``bad_segmentation``: a mask that cannot be read; polygons are
+  also refused (``bad_polygon: <why>``) past the limits below, which keep pycocotools' rasteriser
+  (memory ~80 bytes per pixel of outline; int overflow and a crash past ~4e8) safe.
 - ``mask_size_mismatch``: an RLE whose size is not the decoded image's [h, w].
 - ``empty_mask``: the mask covers no pixel of the image.
 
@@ -36,6 +38,13 @@ import numpy as np
 
 from scone_data.imageio import DecodeError, content_id, decode_image, rle_counts_from_string, sanitize_id
 from scone_data.stages.base import Batch, Stage, batch_len, reject
+
+# Untrusted polygons: at most this many vertices per annotation (COCO's largest have a few
+# hundred, LVIS's a few thousand); every coordinate within +-MAX_POLYGON_OUTLINE * (w + h) (far
+# below pycocotools' int overflow at ~4e8) and an outline (sum of L-inf edge lengths) of at most
+# MAX_POLYGON_OUTLINE * (w + h) pixels: ~36 MB of rasteriser memory at 4000x3000.
+MAX_POLYGON_VERTICES = 50_000
+MAX_POLYGON_OUTLINE = 64
 
 
 @dataclass
@@ -197,6 +206,7 @@ def _mask_rle(seg: Any, h: int, w: int) -> dict | None:
             if not all(math.isfinite(float(v)) for v in p):
                 raise _SubjectReject("bad_polygon", "non-finite coordinate")
             clean.append([float(v) for v in p])
+        _check_polygons(clean, h, w)
         rle = mask_utils.merge(mask_utils.frPyObjects(clean, h, w))
     elif isinstance(seg, dict):
         rle = _rle_at_size(seg, h, w)
@@ -205,6 +215,21 @@ def _mask_rle(seg: Any, h: int, w: int) -> dict | None:
     if int(mask_utils.area(rle)) == 0:
         raise _SubjectReject("empty_mask")
     return rle
+
+
+def _check_polygons(polys: list[list[float]], h: int, w: int) -> None:
+    n = sum(len(p) // 2 for p in polys)
+    if n > MAX_POLYGON_VERTICES:
+        raise _SubjectReject("bad_polygon", f"{n} vertices > {MAX_POLYGON_VERTICES}")
+    limit = MAX_POLYGON_OUTLINE * (w + h)
+    outline = 0.0
+    for p in polys:
+        xy = np.asarray(p, np.float64).reshape(-1, 2)
+        if np.abs(xy).max() > limit:
+            raise _SubjectReject("bad_polygon", f"a coordinate lies far outside the {w}x{h} image")
+        outline += float(np.abs(np.diff(xy, axis=0, append=xy[:1])).max(axis=1).sum())
+    if outline > limit:
+        raise _SubjectReject("bad_polygon", f"outline of {outline:.0f} px > {MAX_POLYGON_OUTLINE} x (w + h)")
 
 
 def _rle_at_size(seg: dict, h: int, w: int) -> dict:

@@ -14,16 +14,28 @@ from scone_data.shards.validate import validate_output
 
 def test_model_build_runs_gpu_stages_as_their_own_actor_pools(tmp_path, repo_root):
     out = tmp_path / "out"
-    over = ["runtime.num_cpus=2", "runtime.num_gpus=1", "runtime.progress=false", "detect.num_gpus=0.5",
-            "segment.num_gpus=0.5", "detect.device=cpu", "segment.device=cpu", f"output={out}"]
+    over = [
+        "runtime.num_cpus=2",
+        "runtime.num_gpus=1",
+        "runtime.progress=false",
+        "detect.num_gpus=0.5",
+        "segment.num_gpus=0.5",
+        "detect.device=cpu",
+        "segment.device=cpu",
+        f"output={out}",
+    ]
     from scone_data.runtime.build import make_stages
     from scone_data.runtime.config import load_config
 
     cfg = load_config(repo_root / "pipelines/tiny_models.yaml", over)
     stages = make_stages(cfg, problems := [])
     assert not problems
-    assert [[s.name for s in seg] for seg in split_segments(stages)] == [["decode"], ["detect"], ["segment"],
-                                                                         ["subjects"]]
+    assert [[s.name for s in seg] for seg in split_segments(stages)] == [
+        ["decode"],
+        ["detect"],
+        ["segment"],
+        ["subjects"],
+    ]
     assert main(["build", str(repo_root / "pipelines/tiny_models.yaml"), *over]) == 0
     assert validate_output(out) == []
     subjects = pq.read_table(out / "bank/subjects").to_pylist()
