@@ -37,6 +37,7 @@ format: setup
 
 bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed, JSON in bench/out/
 	mkdir -p bench/out
+	$(BIN)/python bench/cpu_pairs.py --out bench/out/cpu_pairs.json
 	$(BIN)/python bench/gpu_detect_segment.py --smoke --out bench/out/gpu_detect_segment_smoke.json
 	$(BIN)/python bench/gpu_train.py --smoke --out bench/out/gpu_train_smoke.json
 

@@ -22,15 +22,19 @@ MAX_ERODE_LOSS = 0.5
 def background(kind: str, rgb, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A (height, width, 3) uint8 RGB background: ``"plain"`` fills ``rgb``; ``"texture"`` adds smooth
     coloured noise and grain around ``rgb``."""
-    base = np.empty((height, width, 3), np.float32)
-    base[:] = np.asarray(rgb, np.float32)
-    if kind == "texture":
-        gh, gw = height // TEXTURE_CELL_PX + 2, width // TEXTURE_CELL_PX + 2
-        low = rng.random((gh, gw, 3), dtype=np.float32) - 0.5
-        low = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC)
-        grain = rng.random((height, width, 1), dtype=np.float32) - 0.5
-        base += low * TEXTURE_AMPLITUDE + grain * GRAIN_AMPLITUDE
-    return np.clip(base + 0.5, 0, 255).astype(np.uint8)
+    if kind != "texture":
+        return np.full((height, width, 3), np.asarray(rgb, np.uint8), np.uint8)
+    gh, gw = height // TEXTURE_CELL_PX + 2, width // TEXTURE_CELL_PX + 2
+    low = rng.random((gh, gw, 3), dtype=np.float32) - 0.5
+    low = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC)
+    grain = rng.random((height, width, 1), dtype=np.float32) - 0.5
+    # In place, one full-size float buffer: this runs once per reference and dominated rendering.
+    low *= TEXTURE_AMPLITUDE
+    grain *= GRAIN_AMPLITUDE
+    low += grain
+    low += np.asarray(rgb, np.float32) + 0.5
+    np.clip(low, 0, 255, out=low)
+    return low.astype(np.uint8)
 
 
 def warp(patch: np.ndarray, alpha: np.ndarray, rotate_deg: float, perspective) -> tuple:
@@ -89,21 +93,22 @@ def paste(canvas: np.ndarray, patch: np.ndarray, alpha: np.ndarray, x: int, y: i
 def jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
     """Brightness offset (fraction of 255), contrast about the mean grey, saturation scale; no hue shift,
     so the colour names used by referring expressions stay true."""
-    f = image.astype(np.float32)
-    mean = float(f.mean())
-    f = (f - mean) * contrast + mean + brightness * 255.0
-    f = np.clip(f, 0, 255).astype(np.uint8)
+    # Both steps map each uint8 value through a fixed function: a 256-entry table, not float images.
+    mean = float(image.mean())
+    lut = (np.arange(256, dtype=np.float32) - mean) * contrast + mean + brightness * 255.0
+    f = cv2.LUT(image, np.clip(lut, 0, 255).astype(np.uint8))
     if saturation != 1.0:
-        hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV).astype(np.float32)
-        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-        f = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
+        s_lut = np.clip(np.arange(256, dtype=np.float32) * saturation, 0, 255).astype(np.uint8)
+        hsv[..., 1] = s_lut[hsv[..., 1]]
+        f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return f
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of an HxWx3 uint8 RGB image (OpenCV wants BGR)."""
     ok, buf = cv2.imencode(
-        ".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
     )
     if not ok:
         raise ValueError("JPEG encoding failed")

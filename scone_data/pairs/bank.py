@@ -85,6 +85,16 @@ class BankIndex:
             self.by_image[b.image_id].append(b)
             self.by_label[b.split][b.label].append(b)
         self.image_ids = sorted(self.by_image)
+        # Group sources: an image without a group_id is a group of its own. Frames of one video show
+        # the same objects, so "elsewhere" (distractor look-alikes) means outside the whole group.
+        self.group_of = {i: str(images[i].get("group_id") or f"image:{i}") for i in self.image_ids}
+        self.group_images: dict[str, list[str]] = defaultdict(list)
+        for i in self.image_ids:
+            self.group_images[self.group_of[i]].append(i)
+        self._group_label: dict[tuple[str, str], list[BankSubject]] = defaultdict(list)
+        for i in self.image_ids:
+            for b in self.by_image[i]:
+                self._group_label[(self.group_of[i], b.label)].append(b)
 
     @staticmethod
     def _check(s: dict, images: dict[str, dict], cfg) -> str | None:
@@ -103,26 +113,37 @@ class BankIndex:
         return self.by_image[image_id][0].split
 
     def count_elsewhere(self, b: BankSubject) -> int:
-        """Subjects of ``b``'s label in ``b``'s split but in other images (O(subjects in b's image))."""
-        here = sum(1 for o in self.by_image[b.image_id] if o.label == b.label)
+        """Subjects of ``b``'s label in ``b``'s split but outside ``b``'s group (O(1))."""
+        here = len(self._group_label[(self.group_of[b.image_id], b.label)])
         return len(self.by_label[b.split][b.label]) - here
 
+    def group_mates(self, b: BankSubject) -> list[BankSubject]:
+        """Subjects of ``b``'s label in the other images of ``b``'s group, by subject id."""
+        return [
+            o for o in self._group_label[(self.group_of[b.image_id], b.label)] if o.image_id != b.image_id
+        ]
+
+    def in_group(self, image_id: str) -> bool:
+        """Whether ``image_id`` shares its group with another usable image."""
+        return len(self.group_images[self.group_of[image_id]]) > 1
+
     def draw_elsewhere(self, b: BankSubject, k: int, rng) -> list[BankSubject]:
-        """Up to ``k`` distinct random subjects of ``b``'s label and split from other images.
+        """Up to ``k`` distinct random subjects of ``b``'s label and split from outside ``b``'s group.
 
         Rejection sampling over the label's list, so a draw costs O(k), not O(label size), on big banks.
         """
         pool = self.by_label[b.split][b.label]
+        group = self.group_of[b.image_id]
         want = min(k, self.count_elsewhere(b))
         got: dict[str, BankSubject] = {}
         for _ in range(DRAW_TRIES_PER_ITEM * max(want, 1)):
             if len(got) >= want:
                 break
             o = pool[rng.randrange(len(pool))]
-            if o.image_id != b.image_id:
+            if self.group_of[o.image_id] != group:
                 got.setdefault(o.subject_id, o)
-        if len(got) < want:  # a label crowded into b's own image: fall back to a full scan
-            rest = [o for o in pool if o.image_id != b.image_id and o.subject_id not in got]
+        if len(got) < want:  # a label crowded into b's own group: fall back to a full scan
+            rest = [o for o in pool if self.group_of[o.image_id] != group and o.subject_id not in got]
             for o in rng.sample(rest, want - len(got)):
                 got[o.subject_id] = o
         return list(got.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 TASKS = (
     "composition_single",
@@ -22,11 +23,19 @@ TASKS = (
 DISTRACTOR_STRATEGIES = ("semantic", "random")
 DIFFICULTIES = ("near", "far", "any")
 INTRA_STRATEGIES = ("random", "histogram")
+# Image-embedding look-alikes need real image-embedding weights; none ship in a package this project can
+# install offline (random-weight embeddings would be noise dressed as similarity), so the name is
+# reserved and refused with this explanation rather than faked.
+UNAVAILABLE_INTRA = {
+    "embedding": "no offline image-embedding weights are available here; use 'histogram' (colour inside the mask)"
+}
 BACKGROUNDS = ("plain", "texture")
 
 # Above this many references a sample no longer fits the trainer's packed sequence budget (SconeEval's
 # multi-subject tasks use 2-3 references).
 MAX_REFERENCES = 3
+# An instruction is a sentence or two; longer generations are the model rambling.
+MAX_REWRITE_TOKENS = 256
 # A canvas with more candidates than this makes each one too small to recognise at 512 px.
 MAX_CANDIDATES = 4
 
@@ -67,7 +76,9 @@ class PairConfig:
     distractor_difficulty: str = "any"
     intra_strategy: str = "random"
     # Probability that an intra reference is a natural crop when the source holds several instances.
-    crop_prob: float = 0.5
+    # Off by default: the crop's look-alikes are in the target image too, so the target shows the
+    # distractors the instruction says to leave out (fine for "pick it out of a real scene" data only).
+    crop_prob: float = 0.0
     # Anti-copy-paste augmentations on references (probabilities and magnitudes).
     flip_prob: float = 0.5
     scale_range: tuple[float, float] = (0.8, 1.2)
@@ -79,6 +90,16 @@ class PairConfig:
     backgrounds: tuple[str, ...] = ("plain", "texture")
     # Instructions: use the source caption in some phrasings when the source has one.
     use_caption_prob: float = 0.5
+    # Optional rewriting of every instruction by a local transformers causal LM (a directory); greedy,
+    # so deterministic. A rewrite that drops a reference mention or a referring phrase is not used.
+    rewrite_model: str | None = None
+    rewrite_max_new_tokens: int = 64
+    rewrite_batch_size: int = 16
+    # Group sources (images sharing a group_id): probability that an intended subject's reference is cut
+    # from a matched subject (same label, most similar colour inside the mask, at least
+    # ``group_min_similarity`` histogram intersection) in another image of the target's group.
+    group_reference_prob: float = 0.5
+    group_min_similarity: float = 0.5
 
     def validate(self) -> list[str]:
         """Every problem with these settings, each naming its field; empty when all is well."""
@@ -99,7 +120,15 @@ class PairConfig:
         for name in ("max_samples_per_image", "max_samples_per_label", "min_subject_side_px", "erode_max_px"):
             if getattr(self, name) < 0:
                 p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("min_subject_area_frac", "crop_prob", "flip_prob", "use_caption_prob", "jitter"):
+        for name in (
+            "min_subject_area_frac",
+            "crop_prob",
+            "flip_prob",
+            "use_caption_prob",
+            "jitter",
+            "group_reference_prob",
+            "group_min_similarity",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -124,8 +153,20 @@ class PairConfig:
             p.append(f"distractor_strategy: {self.distractor_strategy!r} not in {DISTRACTOR_STRATEGIES}")
         if self.distractor_difficulty not in DIFFICULTIES:
             p.append(f"distractor_difficulty: {self.distractor_difficulty!r} not in {DIFFICULTIES}")
-        if self.intra_strategy not in INTRA_STRATEGIES:
+        if self.intra_strategy in UNAVAILABLE_INTRA:
+            p.append(
+                f"intra_strategy: {self.intra_strategy!r} unavailable: {UNAVAILABLE_INTRA[self.intra_strategy]}"
+            )
+        elif self.intra_strategy not in INTRA_STRATEGIES:
             p.append(f"intra_strategy: {self.intra_strategy!r} not in {INTRA_STRATEGIES}")
+        if self.rewrite_model is not None and not Path(self.rewrite_model).is_dir():
+            p.append(f"rewrite_model: {self.rewrite_model!r} is not a directory holding a causal LM")
+        if not 1 <= self.rewrite_max_new_tokens <= MAX_REWRITE_TOKENS:
+            p.append(
+                f"rewrite_max_new_tokens: must be in [1, {MAX_REWRITE_TOKENS}], got {self.rewrite_max_new_tokens}"
+            )
+        if self.rewrite_batch_size < 1:
+            p.append(f"rewrite_batch_size: must be >= 1, got {self.rewrite_batch_size}")
         lo, hi = self.scale_range
         if not 0.25 <= lo <= hi <= 4.0:
             p.append(f"scale_range: need 0.25 <= lo <= hi <= 4, got {self.scale_range}")

@@ -3,8 +3,8 @@
 An expression is a tuple of predicates read against the candidates that share the noun's label:
 
 - ``("rank", axis, k)``: k-th from an end along ``axis`` in ``"left" | "right" | "top" | "bottom"``
-  (k = 1 is "on the left", k = 2 "the second ... from the left"); ``"middle"`` is the middle rank of an
-  odd number (>= 3) of candidates from the left;
+  (k = 1 is "on the left" / "at the top", k = 2 "the second ... from the left" / "from the top");
+  ``"middle"`` is the middle rank of an odd number (>= 3) of candidates from the left;
 - ``("size", "largest" | "smallest")``;
 - ``("color", name)``: a filter, applied before any rank or size predicate ("the red cup on the left"
   means the leftmost of the red cups).
@@ -28,6 +28,9 @@ SIZE_RATIO = 1.3
 ORDINALS = {2: "second", 3: "third"}
 # Ordinals past "third" are rare in human referring expressions and hard to read off an image.
 MAX_ORDINAL = 3
+# Ordinals ("the second cup from the top") are proposed along every axis: stacked subjects (shelves,
+# towers, frames of a video) are told apart from the top or bottom as often as from the sides.
+ORDINAL_AXES = ("left", "right", "top", "bottom")
 # Combinations are drawn less often than single predicates: they are longer and rarer in use.
 COMBO_WEIGHT = 0.5
 
@@ -106,7 +109,7 @@ def proposals(cands: list[Cand], target: int) -> list[tuple]:
     singles += [(("size", "largest"),), (("size", "smallest"),)]
     if n >= 3:
         singles.append((("rank", "middle", 0),))
-        singles += [(("rank", a, k),) for a in ("left", "right") for k in range(2, min(n, MAX_ORDINAL) + 1)]
+        singles += [(("rank", a, k),) for a in ORDINAL_AXES for k in range(2, min(n, MAX_ORDINAL) + 1)]
     combos: list[tuple] = []
     if color:
         singles.append((("color", color),))

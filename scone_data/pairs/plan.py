@@ -44,9 +44,11 @@ def plan_samples(
 ) -> tuple[list[SamplePlan], Counter]:
     """Plan up to ``cfg.num_samples`` samples from Subject records and their SourceImage records.
 
-    ``load_image`` (image_id -> HxWx3 uint8 RGB) is only needed for ``intra_strategy="histogram"``.
+    ``load_image`` (image_id -> HxWx3 uint8 RGB) is needed for ``intra_strategy="histogram"``; with it,
+    subjects of group sources are matched by colour histogram, without it by colour name and size.
     Returns the plans in slot order and a Counter of reasons for everything not planned (subjects
-    filtered out, failed draws, unfilled slots). Raises ValueError listing every bad setting.
+    filtered out, failed draws, unfilled slots) and of notes (group references that found no match,
+    rewrites that were not used). Raises ValueError listing every bad setting.
     """
     problems = cfg.validate()
     if cfg.intra_strategy == "histogram" and load_image is None:
@@ -89,10 +91,16 @@ def plan_samples(
                 )
             )
             image_uses[image_id] += 1
+            rejects.update(planner.notes)
             label_uses.update({t.label for t in targets})
             break
         else:
             rejects[f"unfilled:{task}"] += 1
+    if cfg.rewrite_model:
+        from scone_data.pairs.rewrite import load_generator, rewrite_plans
+
+        generate = load_generator(cfg.rewrite_model, cfg.rewrite_max_new_tokens)
+        plans = rewrite_plans(plans, generate, cfg.rewrite_batch_size, rejects)
     return plans, rejects
 
 

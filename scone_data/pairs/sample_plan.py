@@ -30,7 +30,7 @@ class PlacedCandidate:
 class ReferencePlan:
     """One reference image. ``kind``: cutout | canvas | crop. ``background``: ``("plain", (r, g, b))``,
     ``("texture", (r, g, b))`` or ``("crop",)``. ``crop_box`` (source pixels) and ``crop_flip`` only for
-    crops. ``jitter``: (brightness offset in [-1, 1] of 255, contrast factor, saturation factor)."""
+    crops. ``source``: ``"self"`` | ``"group"``. ``jitter``: (brightness offset in [-1, 1] of 255, contrast factor, saturation factor)."""
 
     kind: str
     width: int
@@ -45,6 +45,9 @@ class ReferencePlan:
     jitter: tuple[float, float, float] = (0.0, 1.0, 1.0)
     erode_px: int = 0
     feather_px: float = 0.0
+    # "self": the intended subject is cut from the target image; "group": from its match in another
+    # image of the target's group (frames of one video), so no pixel of the target is in the reference.
+    source: str = "self"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
+
+import numpy as np
 
 from scone_data.pairs import expressions as ex
 from scone_data.pairs import layout
@@ -37,6 +40,9 @@ PLAIN_RGB = (
 )
 
 
+# A group reference compares the target's subject with at most this many same-label subjects of its group
+# (a random sample): it bounds the pixels loaded per draw when a group is a long video.
+GROUP_SCAN = 16
 # Besides erosion, a pasted subject's tight box may move this many pixels from its planned box
 # (rounding of the resize, the anti-aliased mask edge thresholded at 0.5).
 RENDER_SLACK_PX = 2
@@ -50,6 +56,9 @@ class TaskPlanner:
             s: LabelSpace(bank.labels(s), strategy, cfg.distractor_difficulty) for s in ("train", "val")
         }
         self.subject_uses: Counter = Counter()
+        # Not rejects: what happened on the way to the last plan (group references without a match, ...);
+        # the caller adds them to its counts only when it keeps that plan.
+        self.notes: Counter = Counter()
         self._hists: dict = {}
 
     # ---- eligibility (static, from the bank) -------------------------------------------------------
@@ -81,6 +90,7 @@ class TaskPlanner:
     def plan(self, task: str, image_id: str, rng: random.Random, label_uses: Counter):
         """``(references, target_boxes, names, (target_w, target_h))`` or a reject reason."""
         cfg, subs = self.cfg, self.bank.by_image[image_id]
+        self.notes = Counter()
         k = rng.randint(cfg.min_references, cfg.max_references) if "multi" in task else 1
         cap = cfg.max_samples_per_label
         pool = [b for b in subs if not cap or label_uses[b.label] < cap]
@@ -99,12 +109,14 @@ class TaskPlanner:
             return "label_cap_reached" if cap and len(pool) < len(subs) else "too_few_subjects"
         refs, names = [], []
         for b in intended:
-            if task.startswith("composition"):
-                out = self._cutout(b, rng)
-            elif task.endswith("cross"):
-                out = self._cross(b, subs, rng)
+            mate = self._group_mate(b, rng)
+            out = self._reference(task, mate, subs, rng) if mate is not None else "no_group_mate"
+            if isinstance(out, str):
+                if mate is not None:  # e.g. no unique expression in the other frame: use the target's own
+                    self.notes["group_reference_fallback"] += 1
+                out = self._reference(task, b, subs, rng)
             else:
-                out = self._intra(b, subs, rng)
+                out = (replace(out[0], source="group"), out[1])
             if isinstance(out, str):
                 return out
             ref, phrase = out
@@ -120,6 +132,48 @@ class TaskPlanner:
             for i, b in enumerate(intended)
         )
         return tuple(refs), targets, names, (tw, th)
+
+    def _reference(self, task: str, b: BankSubject, target_subs: list[BankSubject], rng: random.Random):
+        """The reference showing ``b`` (a subject of the target image, or its match in a group mate)."""
+        if task.startswith("composition"):
+            return self._cutout(b, rng)
+        if task.endswith("cross"):
+            return self._cross(b, target_subs, rng)  # distractor labels must be absent from the target
+        return self._intra(b, self.bank.by_image[b.image_id], rng)
+
+    # ---- group sources --------------------------------------------------------------------------------
+    def _group_mate(self, b: BankSubject, rng: random.Random) -> BankSubject | None:
+        """With ``group_reference_prob``, the subject in another image of ``b``'s group that matches it
+        (same label, most similar colour inside the mask, at least ``group_min_similarity``); else None.
+
+        Nothing is drawn for images without a group, so ungrouped banks plan exactly as before.
+        """
+        cfg = self.cfg
+        if not cfg.group_reference_prob or not self.bank.in_group(b.image_id):
+            return None
+        if rng.random() >= cfg.group_reference_prob:
+            return None
+        mates = self.bank.group_mates(b)
+        if len(mates) > GROUP_SCAN:
+            mates = sorted(rng.sample(mates, GROUP_SCAN), key=lambda o: o.subject_id)
+        if not mates:
+            self.notes["group_no_mate"] += 1
+            return None
+        score = {o.subject_id: self._similarity(b, o) for o in mates}
+        best = max(mates, key=lambda o: (score[o.subject_id], o.subject_id))
+        if score[best.subject_id] < cfg.group_min_similarity:
+            self.notes["group_no_match"] += 1
+            return None
+        return best
+
+    def _similarity(self, a: BankSubject, o: BankSubject) -> float:
+        """Histogram intersection of the colours inside the two masks (0..1) when pixels can be loaded;
+        without pixels, the ratio of mask areas when the colour names agree (0 when they differ)."""
+        if self.load_image is not None:
+            return float(np.minimum(self._hist(a), self._hist(o)).sum())
+        if informative(a.color) and informative(o.color) and a.color != o.color:
+            return 0.0
+        return min(a.area, o.area) / max(a.area, o.area, 1.0)
 
     def instruction(self, task: str, names: list[str], image_id: str, rng: random.Random) -> str:
         return instruction(task, names, self.bank.images[image_id].get("caption"), rng, self.cfg)
@@ -201,7 +255,10 @@ class TaskPlanner:
         cfg = self.cfg
         elsewhere = self.bank.count_elsewhere(b) > 0
         in_image = sum(1 for o in subs if o.label == b.label) >= 2
-        if in_image and (not elsewhere or rng.random() < cfg.crop_prob):
+        # A natural crop shows look-alikes from the target image itself, so the target then holds the
+        # distractors too: only on request (crop_prob > 0), never as the fallback for images whose
+        # label occurs nowhere else.
+        if in_image and cfg.crop_prob > 0 and rng.random() < cfg.crop_prob:
             out = self._crop(b, subs, rng)
             if not isinstance(out, str):
                 return self._with_expression(b, "crop", out, rng)

@@ -221,7 +221,9 @@ def run_shard_phase(
     out = Path(cfg["output"])
     ledger = Ledger(out, "shards", provenance["config_hash"])
     t0 = time.perf_counter()
-    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs)
+    # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
+    loader = ImageLoader(bank.image_part, (cfg.get("decode") or {}).get("max_pixels", 40_000_000))
+    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs, load_image=loader)
     log.info(
         "planned %d samples in %.1fs from %d subjects",
         len(plans),

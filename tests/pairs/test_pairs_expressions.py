@@ -77,3 +77,17 @@ def test_identical_candidates_have_no_unique_expression():
     cands = [cand(250, 250), cand(250, 250)]
     assert ex.unique_expressions(cands, 0, WH, informative) == []
     assert ex.choose([], random.Random(0)) is None
+
+
+def test_ordinals_from_top_and_bottom():
+    # A vertical stack of three cups at one x: only vertical ranks can tell them apart.
+    stack = [cand(250, 60), cand(250, 250), cand(250, 440)]
+    assert ex.select((("rank", "top", 2),), stack, "cup", WH) == [1]
+    assert ex.select((("rank", "bottom", 3),), stack, "cup", WH) == [0]
+    assert ex.select((("rank", "left", 2),), stack, "cup", WH) == [0, 1, 2]  # level in x: ambiguous
+    exprs = ex.unique_expressions(stack, 1, WH, informative)
+    assert (("rank", "top", 2),) in exprs and (("rank", "bottom", 2),) in exprs
+    assert ex.phrase((("rank", "top", 2),), "cup") == "the second cup from the top"
+    assert ex.phrase((("rank", "bottom", 3),), "cup") == "the third cup from the bottom"
+    crowded = [cand(250, 60), cand(100, 90), cand(250, 440)]  # 30 px apart in y: no clear second
+    assert ex.select((("rank", "top", 2),), crowded, "cup", WH) == [0, 1]

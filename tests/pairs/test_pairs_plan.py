@@ -30,7 +30,9 @@ def cfg(**kw):
 
 def test_all_six_tasks_have_the_right_shape(bank):
     subjects, images, _ = bank
-    plans, rejects = plan_samples(subjects, images, cfg(num_samples=90, max_samples_per_image=0))
+    plans, rejects = plan_samples(
+        subjects, images, cfg(num_samples=90, max_samples_per_image=0, crop_prob=0.5)
+    )
     by_task = Counter(p.task for p in plans)
     assert set(by_task) == set(TASKS), (by_task, rejects)
     labels_in = {iid: {s["label"] for s in subjects if s["image_id"] == iid} for iid in images}
@@ -186,7 +188,7 @@ def test_ambiguous_instances_are_rejected_and_counted():
         subject_record("twins", 1, "dot", (110, 60, 190, 140), img, "ellipse"),
     ]
     images = {"twins": image_record("twins", img)}
-    c = cfg(num_samples=5, task_mix={"distinction_single_intra": 1.0})
+    c = cfg(num_samples=5, task_mix={"distinction_single_intra": 1.0}, crop_prob=1.0)
     plans, rejects = plan_samples(subjects, images, c)
     assert plans == []
     assert rejects["expression_not_unique"] > 0 and rejects["unfilled:distinction_single_intra"] == 5

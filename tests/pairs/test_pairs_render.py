@@ -16,7 +16,9 @@ PROV = {"builder_version": "test", "config_hash": "0" * 16, "seed": 0, "source":
 @pytest.fixture(scope="module")
 def built():
     subjects, images, pixels = make_bank(n_synthetic=8)
-    cfg = PairConfig(distractor_strategy="random", val_fraction=0.0, num_samples=30, ref_size=256)
+    cfg = PairConfig(
+        distractor_strategy="random", val_fraction=0.0, num_samples=30, ref_size=256, crop_prob=0.5
+    )
     plans, rejects = plan_samples(subjects, images, cfg)
     out = [render_sample(p, pixels.__getitem__, cfg, PROV) for p in plans]
     return cfg, pixels, plans, rejects, out
@@ -82,7 +84,7 @@ def test_intra_expressions_hold_on_rendered_boxes():
     subjects, images, pixels = make_bank(n_synthetic=12, seed=4)
     mix = {"distinction_single_intra": 1.0, "distinction_multi_intra": 1.0}
     cfg = PairConfig(distractor_strategy="random", val_fraction=0.0, num_samples=50, ref_size=256,
-                     max_samples_per_image=0, task_mix=mix)  # fmt: skip
+                     max_samples_per_image=0, task_mix=mix, crop_prob=0.5)  # fmt: skip
     plans, _ = plan_samples(subjects, images, cfg)
     seen = 0
     for p in plans:
