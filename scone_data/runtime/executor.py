@@ -1,7 +1,7 @@
 """Running the bank phase's work units, in-process or on Ray Data.
 
-A unit is a fixed list of source refs. :class:`UnitRunner` reads them and runs every stage in
-order; it is what both executors call:
+A unit is a fixed list of source refs. :func:`read_unit` reads them and :func:`run_stages` runs
+every stage in order; both executors call these two:
 
 - ``local``: units one after another in this process (tests, the GPU machine without Ray, small jobs).
 - ``ray``: Ray Data. Consecutive CPU stages are fused with the reader into one actor pool (no
