@@ -40,9 +40,19 @@ bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed
 	$(BIN)/python bench/cpu_pairs.py --out bench/out/cpu_pairs.json
 	$(BIN)/python bench/gpu_detect_segment.py --smoke --out bench/out/gpu_detect_segment_smoke.json
 	$(BIN)/python bench/gpu_train.py --smoke --out bench/out/gpu_train_smoke.json
+	@echo "GPU machine: python bench/gpu_detect_segment.py --out ... and python bench/gpu_train.py --out ... (see bench/RESULTS.md)"
 
 soak: setup  ## fault-injection soak: 500 SIGKILL-and-resume trials of build and regen (~10 min)
 	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py
+
+TRAIN_DEMO := out/train_demo
+train-demo: demo  ## tiny-preset trainer on the demo shards: stage 1, then stage 2, then sample pictures (CPU)
+	$(BIN)/scone-train training/configs/stage1_step1.yaml preset=tiny model.path=null data.shards=[out/demo/shards] \
+	  train.steps=4 train.warmup_steps=1 train.save_every=2 train.output_dir=$(TRAIN_DEMO)/stage1
+	$(BIN)/scone-train training/configs/stage2_step1.yaml preset=tiny model.path=$(TRAIN_DEMO)/stage1/final \
+	  data.shards=[out/demo/shards] train.steps=4 train.warmup_steps=1 train.save_every=2 train.output_dir=$(TRAIN_DEMO)/stage2
+	$(BIN)/scone-train sample $(TRAIN_DEMO)/stage2/final --shards out/demo/shards --out $(TRAIN_DEMO)/samples --steps 4 --limit 4
+	@echo "samples and contact sheet: $(TRAIN_DEMO)/samples"
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf out bench/out .pytest_cache

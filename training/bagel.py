@@ -95,19 +95,38 @@ class Bagel(nn.Module):
         timestep_shift: float = 1.0,
         mask_cfg=None,
         checkpoint: bool = False,
+        generator: torch.Generator | None = None,
     ) -> dict:
         """Flow-matching forward over one packed batch.
 
         clean_latents: (N_vae, p*p*16) patchified latents of every VAE token (refs and targets), fp32.
         batch["timesteps"]: (N_vae,) logits n ~ N(0, 1) for target tokens, -inf for clean references.
+        generator: source of the noise eps (the trainer passes one keyed by (seed, rank, step), so that
+        a resumed run draws the same noise whatever else used the global RNG).
         Returns {"mse": (N_target,) per-token MSE over the p*p*16 features, "mask_frac": float | None}.
         """
         t = torch.sigmoid(batch["timesteps"].float())
         t = timestep_shift * t / (1 + (timestep_shift - 1) * t)
-        eps = torch.randn_like(clean_latents)
+        eps = torch.randn(
+            clean_latents.shape, generator=generator, device=clean_latents.device, dtype=clean_latents.dtype
+        )
         noised = (1 - t[:, None]) * clean_latents + t[:, None] * eps
-        x = self.embed(batch, noised, t)
+        pred, mask_frac = self.predict_velocity(batch, noised, t, mask_cfg, checkpoint)
+        is_target = batch["vae_is_target"]  # (N_vae,) bool, same order as vae_indexes
+        velocity = (eps - clean_latents)[is_target]  # v = dx_t/dt points from data to noise
+        mse = ((pred - velocity) ** 2).mean(dim=-1)
+        return {"mse": mse, "mask_frac": mask_frac}
 
+    def predict_velocity(
+        self, batch: dict, latents: torch.Tensor, t: torch.Tensor, mask_cfg=None, checkpoint: bool = False
+    ) -> tuple:
+        """The velocity head over one packed batch (shared by training and sampling).
+
+        latents: (N_vae, p*p*16) fp32, clean for references and x_t for targets; t: (N_vae,) in [0, 1]
+        (0 for clean references, 1 = pure noise). Returns (v (N_target, p*p*16) fp32 in the order of
+        batch["mse_indexes"], fraction of reference tokens the Scone mask hid or None).
+        """
+        x = self.embed(batch, latents, t)
         und, gen = batch["und_indexes"], batch["vae_indexes"]
         attn_base = build_attention(batch, x.device)
         state = {"attn": attn_base, "mask_frac": None}
@@ -134,8 +153,4 @@ class Bagel(nn.Module):
             checkpoint=checkpoint,
         )
         target_rows = batch["mse_indexes"]  # positions in the sequence of target VAE tokens
-        pred = self.llm2vae(hidden[target_rows]).float()
-        is_target = batch["vae_is_target"]  # (N_vae,) bool, same order as vae_indexes
-        velocity = (eps - clean_latents)[is_target]  # v = dx_t/dt points from data to noise
-        mse = ((pred - velocity) ** 2).mean(dim=-1)
-        return {"mse": mse, "mask_frac": state["mask_frac"]}
+        return self.llm2vae(hidden[target_rows]).float(), state["mask_frac"]

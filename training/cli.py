@@ -1,4 +1,5 @@
 """`scone-train CONFIG [key=value ...]`: run one training stage (see recipe.py).
+`scone-train sample CHECKPOINT --shards DIR --out DIR [--steps N] [--limit K]`: render a split (sample.py).
 
 Several GPUs: `torchrun --nproc_per_node=8 -m scone_train.cli CONFIG [key=value ...]`.
 """
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if argv[0] == "sample":
+        from scone_train.sample import main as sample_main
+
+        return sample_main(argv[1:])
     from scone_train.config import load_config
     from scone_train.recipe import train
 

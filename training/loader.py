@@ -68,7 +68,12 @@ class PackedStream(IterableDataset):
             if items and total + item["num_tokens"] > self.max_tokens:
                 yield (
                     self.builder.pack(items),
-                    {"role": role, "cursor": (epoch, index), "samples": len(items)},
+                    {
+                        "role": role,
+                        "cursor": (epoch, index),
+                        "samples": len(items),
+                        "keys": [it["key"] for it in items],
+                    },
                 )
                 items, total = [], 0
             items.append(item)

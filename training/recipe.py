@@ -4,7 +4,9 @@
 
 Single process or `torchrun --nproc_per_node=N -m scone_train.cli ...` (FSDP2). Resumes by itself
 from `train.output_dir/latest` when that exists (exactly: weights, AdamW state, step, stream
-positions per rank and RNG states), and stops after `train.steps` optimizer steps.
+positions per rank and RNG states), and stops after `train.steps` optimizer steps. The noise of a step
+comes from a generator keyed by (seed, rank, step) (see step_generator), so a resumed run draws the
+same noise as an uninterrupted one. `train.log_keys=true` adds each rank's sample keys to log.jsonl.
 """
 
 import fnmatch
@@ -14,10 +16,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
 from safetensors.torch import load_file, save_file
 from scone_train import dist
 from scone_train.checkpoint import build_model, load_optimizer, save_model_dir, save_optimizer
-from scone_train.data import Resize, list_shards
+from scone_train.data import Resize, _seed, list_shards
 from scone_train.loader import LoaderState, PackedStream, make_loader, to_device_tensors
 from scone_train.packing import SequenceBuilder
 from scone_train.tokenizer import special_ids
@@ -55,17 +58,27 @@ def make_builder(cfg: dict, model, tok) -> SequenceBuilder:
 
 
 @torch.no_grad()
-def encode_latents(vae, model, batch: dict) -> torch.Tensor:
+def encode_latents(vae, model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
     """VAE-encode every image of the batch (grouped by size) -> patchified latents (N_vae, p*p*16) fp32."""
     imgs, groups = batch["vae_images"], {}
     for i, im in enumerate(imgs):
         groups.setdefault(tuple(im.shape), []).append(i)
     lat = [None] * len(imgs)
     for _, idx in sorted(groups.items()):
-        z = vae.encode(torch.stack([imgs[i] for i in idx]))
+        z = vae.encode(torch.stack([imgs[i] for i in idx]), generator=generator)
         for j, i in enumerate(idx):
             lat[i] = z[j].float()
     return model.patchify_latents(lat, batch["vae_shapes"])
+
+
+def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
+    """The RNG of one optimizer step on one rank (VAE posterior sample and flow-matching noise).
+
+    Keyed by (seed, rank, step) rather than carried over from the global RNG: the DataLoader draws its
+    base seed from the global RNG whenever an iterator is created (also with 0 workers), which a
+    resumed run does at a different point of the stream than an uninterrupted one.
+    """
+    return torch.Generator(device=device).manual_seed(_seed(seed, "noise", rank, step))
 
 
 def train(cfg: dict) -> list[float]:
@@ -139,8 +152,9 @@ def train(cfg: dict) -> list[float]:
     batches = iter(make_loader(stream, cfg["data"]["num_workers"]))
     if env.main:
         log.info(
-            "stage %s: %d shards, %d trained tensors, from step %d to %d",
+            "stage %s (%s): %d shards, %d trained tensors, from step %d to %d",
             cfg["stage"],
+            f"fsdp2 over {env.world} ranks, {env.device.type}" if env.world > 1 else "1 process",
             len(shards),
             len(trained),
             step,
@@ -154,14 +168,17 @@ def train(cfg: dict) -> list[float]:
     while step < tc["steps"]:
         batch, meta = next(batches)
         batch = to_device_tensors(batch, env.device)
+        batch["attn_backend"] = cfg.get("attention", "dense")
+        gen = step_generator(tc["seed"], env.rank, step, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
-            latents = encode_latents(vae, model, batch)
+            latents = encode_latents(vae, model, batch, gen)
             res = model(
                 batch,
                 latents,
                 tc["timestep_shift"],
                 cfg.get("mask"),
                 checkpoint=tc["activation_checkpointing"],
+                generator=gen,
             )
         n_target = dist.all_sum(res["mse"].numel(), env)
         # Normalise by the global count of target tokens; FSDP averages gradients over ranks, hence * world.
@@ -176,6 +193,11 @@ def train(cfg: dict) -> list[float]:
         global_loss = dist.all_sum(res["mse"].detach().sum(), env) / n_target
         losses.append(global_loss)
         tokens += batch["seq_len"]
+        if tc.get("log_keys", False):  # debugging / tests: which samples each rank trained on
+            keys = [meta["keys"]]
+            if env.world > 1:
+                keys = [None] * env.world
+                tdist.all_gather_object(keys, meta["keys"])
         if env.main and (step % tc["log_every"] == 0 or step == tc["steps"]):
             dt = time.perf_counter() - t0
             rec = {
@@ -187,6 +209,8 @@ def train(cfg: dict) -> list[float]:
                 "samples": meta["samples"],
                 "mask_frac": res["mask_frac"],
             }
+            if tc.get("log_keys", False):
+                rec["keys_per_rank"] = keys
             log.info(json.dumps(rec))
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "log.jsonl", "a") as f:
@@ -203,8 +227,6 @@ def train(cfg: dict) -> list[float]:
 
 def save(path: Path, cfg, model, vae, tok, opt, step: int, lstate: LoaderState, env) -> None:
     """Self-contained checkpoint (see checkpoint.py); each rank adds its own RNG and stream state."""
-    import torch.distributed as tdist
-
     msd, osd = dist.full_state(model, opt)
     states = [lstate.to_dict()]
     if env.world > 1:
