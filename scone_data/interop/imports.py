@@ -203,7 +203,7 @@ def import_dataset(
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "scone_data_version": __version__,
-        "kind": "build",  # manifest v1 has no "import" kind; config.import says where the data came from
+        "kind": "import",  # config.import says where the data came from
         "config": config,
         "config_hash": cfg_hash,
         "seed": 0,
