@@ -39,6 +39,7 @@ except (
 ):  # a bare checkout (the GPU machine has no editable install): load training/ as scone_train
     import importlib.util
 
+    sys.path.insert(0, str(ROOT))  # scone_data (the schemas the trainer reads) from the checkout too
     _spec = importlib.util.spec_from_file_location(
         "scone_train", ROOT / "training" / "__init__.py", submodule_search_locations=[str(ROOT / "training")]
     )

@@ -40,6 +40,11 @@ def _validator(name: str):
     return cls(schema)
 
 
+def tasks() -> tuple[str, ...]:
+    """The six SconeEval task types, in the order the Sample schema lists them."""
+    return tuple(json_schema("sample")["properties"]["task"]["enum"])
+
+
 def _path(err) -> str:
     out = ""
     for p in err.absolute_path:

@@ -18,14 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-TASKS = (
-    "composition_single",
-    "composition_multi",
-    "distinction_single_cross",
-    "distinction_single_intra",
-    "distinction_multi_cross",
-    "distinction_multi_intra",
-)
+from scone_data import schemas
+
+TASKS = schemas.tasks()  # the Sample schema is the one list of task types
 
 
 def list_shards(datasets: list[str], split: str) -> list[str]:

@@ -11,14 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-TASKS = (
-    "composition_single",
-    "composition_multi",
-    "distinction_single_cross",
-    "distinction_single_intra",
-    "distinction_multi_cross",
-    "distinction_multi_intra",
-)
+from scone_data import schemas
+
+TASKS = schemas.tasks()  # the Sample schema is the one list of task types
 
 DISTRACTOR_STRATEGIES = ("semantic", "random")
 DIFFICULTIES = ("near", "far", "any")
