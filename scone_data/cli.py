@@ -49,6 +49,10 @@ def cmd_build(args) -> int:
     if args.output:
         over.append(f"output={args.output}")
     cfg = load_config(args.config, over)
+    if args.overwrite and Path(cfg["output"]).exists():
+        import shutil
+
+        shutil.rmtree(cfg["output"])
     manifest = build(cfg)
     print(_summary(manifest, cfg["output"]))
     return 0
@@ -97,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", help="attach to this Ray cluster instead of starting a local one")
     b.add_argument("--executor", choices=["ray", "local"], help="override runtime.executor")
     b.add_argument("--output", help="override output")
+    b.add_argument("--overwrite", action="store_true", help="delete OUTPUT first instead of resuming it")
     b.set_defaults(fn=cmd_build)
     r = sub.add_parser("regen", help="new shards from an existing subject bank (no model runs)")
     r.add_argument("bank", help="output directory of an earlier build")

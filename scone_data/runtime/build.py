@@ -135,11 +135,13 @@ def plan_units(sources: list, unit_size: int) -> list[tuple[int, list[tuple[int,
     return [(u, refs[i : i + unit_size]) for u, i in enumerate(range(0, len(refs), unit_size))]
 
 
-def run_bank_phase(cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings) -> None:
+def run_bank_phase(
+    cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings, bank_hash: str
+) -> None:
     from scone_data.runtime import executor
 
     out = Path(cfg["output"])
-    ledger = Ledger(out, "bank", C.config_hash(cfg, C.BANK_SECTIONS))
+    ledger = Ledger(out, "bank", bank_hash)
     units = plan_units(sources, rt.unit_size)
     todo = [u for u in units if not ledger.done(f"unit-{u[0]:05d}")]
     for i, src in enumerate(sources):  # source-level rejects (e.g. COCO annotations of unknown images)
@@ -319,10 +321,11 @@ def finalize(
     return manifest
 
 
-def _provenance(cfg: dict[str, Any], models: list[dict]) -> dict:
+def _provenance(cfg: dict[str, Any], models: list[dict], bank_hash: str, pairs, shards) -> dict:
     return {
         "builder_version": __version__,
-        "config_hash": C.config_hash(cfg, C.BANK_SECTIONS + C.SHARD_SECTIONS),
+        # the samples depend on the bank and on the pair/shard settings: one hash over all of them
+        "config_hash": C.settings_hash(__version__, bank_hash, pairs, shards),
         "seed": cfg["seed"],
         "source": "scone-data",
         "models": models,
@@ -341,10 +344,12 @@ def build(cfg: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(out)
     models = [st.model_info() for st in stages if hasattr(st, "model_info")]
+    # unit_size decides which images share a part file, so it is part of the bank's identity
+    bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})
     with ray_session(rt):
-        run_bank_phase(cfg, sources, stages, rt)
+        run_bank_phase(cfg, sources, stages, rt, bank_hash)
         bank = Bank(out)
-        prov = _provenance(cfg, models)
+        prov = _provenance(cfg, models, bank_hash, pairs, shards)
         shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
     return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
 
@@ -385,7 +390,7 @@ def regen(
     output.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(output)
     bank = Bank(bank_dir)
-    prov = _provenance(cfg, models)
+    prov = _provenance(cfg, models, src_manifest["config_hash"], pairs, shards)
     with ray_session(rt):
         shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
     cfg["bank"] = str(bank_dir)

@@ -143,8 +143,21 @@ def build_dataclass(cls, section: str, settings: dict[str, Any] | None, problems
     return obj
 
 
-def config_hash(cfg: dict[str, Any], sections: tuple[str, ...]) -> str:
-    blob = json.dumps({k: cfg.get(k) for k in sections}, sort_keys=True, default=str)
+def settings_hash(*parts: Any) -> str:
+    """16 hex over the *resolved* settings of configured objects (dataclasses: every init field, defaults
+    included, with the class name) and plain values. Hashing the resolved objects rather than the YAML
+    means a changed default in a new version also counts as changed settings. Fields a class lists in
+    ``execution_fields`` (batch size, device, ...) change how a run executes, not what it writes, and
+    are left out, so a run can resume on another machine."""
+
+    def plain(o: Any) -> Any:
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            skip = set(getattr(o, "execution_fields", ()))
+            fs = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.init and f.name not in skip}
+            return {"__class__": type(o).__qualname__, **fs}
+        return o
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -57,6 +57,14 @@ class Stage:
     """Base class: subclasses add dataclass fields (their settings) and override ``process``."""
 
     name: ClassVar[str] = "stage"
+    # settings that change how a stage runs but never what it outputs (left out of resume hashes)
+    execution_fields: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "device",
+        "num_gpus",
+        "compile",
+        "verify_sha256",
+    )
 
     def __post_init__(self) -> None:
         self._ready = False
