@@ -20,12 +20,14 @@ from typing import ClassVar
 import numpy as np
 
 from scone_data.models import registry
-from scone_data.stages.base import Batch, Stage, reject
+from scone_data.stages.base import Batch, reject
+from scone_data.stages.model_stage import ModelStage
 
 
 @dataclass
-class GroundingDinoDetector(Stage):
+class GroundingDinoDetector(ModelStage):
     name: ClassVar[str] = "detect"
+    family = "groundingdino"
 
     model: str = "swint_ogc"  # swint_ogc | swinb | tiny (random weights, tests only)
     checkpoint: str | None = None  # local file; None -> the registry's cache copy
@@ -74,15 +76,6 @@ class GroundingDinoDetector(Stage):
         if bad or (self.labels is None and not self.vocabularies):
             out.append(f"vocabularies: {bad or 'empty'}; choose from {', '.join(VOCABULARIES)}")
         return out
-
-    def resources(self) -> dict[str, float]:
-        return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
-
-    def model_info(self) -> dict:
-        return {
-            "name": f"groundingdino_{self.model}",
-            "weights_sha256": registry.weights_sha256("groundingdino", self.model, self.checkpoint),
-        }
 
     def setup(self) -> None:
         from scone_data.models.grounding_dino import (

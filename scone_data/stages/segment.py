@@ -18,7 +18,8 @@ from typing import ClassVar
 import numpy as np
 
 from scone_data.models import registry
-from scone_data.stages.base import Batch, Stage, reject
+from scone_data.stages.base import Batch, reject
+from scone_data.stages.model_stage import ModelStage
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -42,8 +43,9 @@ def _valid_box(box, w: int, h: int) -> list[float] | None:
 
 
 @dataclass
-class SamSegmenter(Stage):
+class SamSegmenter(ModelStage):
     name: ClassVar[str] = "segment"
+    family = "sam"
 
     model: str = "vit_h"  # vit_b | vit_l | vit_h | tiny (random weights, tests only)
     checkpoint: str | None = None  # local file; None -> the registry's cache copy
@@ -65,15 +67,6 @@ class SamSegmenter(Stage):
         if int(self.batch_size) < 1:
             out.append(f"batch_size: {self.batch_size} must be >= 1")
         return out
-
-    def resources(self) -> dict[str, float]:
-        return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
-
-    def model_info(self) -> dict:
-        return {
-            "name": f"sam_{self.model}",
-            "weights_sha256": registry.weights_sha256("sam", self.model, self.checkpoint),
-        }
 
     def setup(self) -> None:
         import torch

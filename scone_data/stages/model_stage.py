@@ -1,0 +1,27 @@
+"""The shared part of the model stages (detector, segmenter): GPU request and provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from scone_data.models import registry
+from scone_data.stages.base import Stage
+
+
+@dataclass
+class ModelStage(Stage):
+    """A stage whose settings include ``model``, ``checkpoint`` and ``num_gpus``; ``family`` names the
+    registry family (``sam`` | ``groundingdino``)."""
+
+    family: ClassVar[str] = ""
+
+    def resources(self) -> dict[str, float]:
+        return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
+
+    def model_info(self) -> dict:
+        """Provenance of the outputs: the model's name and its checkpoint's sha256 (None for ``tiny``)."""
+        return {
+            "name": f"{self.family}_{self.model}",
+            "weights_sha256": registry.weights_sha256(self.family, self.model, self.checkpoint),
+        }
