@@ -23,6 +23,7 @@ from scone_data.stages.base import Batch, Stage
 
 log = logging.getLogger(__name__)
 Unit = tuple[int, list[tuple[int, str]]]  # (unit id, [(source index, ref), ...])
+DRIVER_UNUSED = ("image", "annotations")  # columns the last segment drops before rows go to the driver
 
 
 def read_unit(sources: list[Source], unit: Unit) -> Batch:
@@ -72,8 +73,8 @@ def run_local(sources: list[Source], stages: list[Stage], units: list[Unit], on_
 class _RaySegment:
     """A Ray Data callable class: optionally reads units, then runs a fused list of stages."""
 
-    def __init__(self, stages: list[Stage], sources: list[Source] | None = None):
-        self.stages, self.sources = stages, sources
+    def __init__(self, stages: list[Stage], sources: list[Source] | None = None, drop: tuple[str, ...] = ()):
+        self.stages, self.sources, self.drop = stages, sources, drop
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = transport.decode(batch)
@@ -85,7 +86,8 @@ class _RaySegment:
             rows = {
                 k: [v for p in parts for v in p.get(k, [None] * len(p["pos"]))] for k in set().union(*parts)
             }
-        return transport.encode(run_stages(self.stages, rows))
+        out = run_stages(self.stages, rows)
+        return transport.encode({k: v for k, v in out.items() if k not in self.drop})
 
 
 def run_ray(
@@ -105,7 +107,13 @@ def run_ray(
         size = max(1, int(ray.available_resources().get("GPU", 1))) if gpus else cpu_workers
         ds = ds.map_batches(
             _RaySegment,
-            fn_constructor_kwargs={"stages": seg, "sources": sources if i == 0 else None},
+            fn_constructor_kwargs={
+                "stages": seg,
+                "sources": sources if i == 0 else None,
+                # the driver writes the bank from the encoded bytes and the subjects: decoded pixels
+                # (36 MB for a 12 MP photo) never travel back to it
+                "drop": DRIVER_UNUSED if i == len(segs) - 1 else (),
+            },
             batch_size=1 if i == 0 else getattr(seg[0], "batch_size", 8),
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=min(size, len(units))),
