@@ -37,6 +37,16 @@ def _summary(manifest: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+def _done(command: str, manifest: dict, out: str) -> None:
+    from scone_data.runtime import progress
+
+    print(_summary(manifest, out))
+    if progress.json_mode():
+        keys = ("images", "subjects", "samples", "tasks", "splits", "rejects", "pair_rejects")
+        progress.emit("summary", command=command, ok=True, output=str(out), shards=len(manifest["shards"]),
+                      **{k: manifest[k] for k in keys})  # fmt: skip
+
+
 def cmd_build(args) -> int:
     from scone_data.runtime.build import build
     from scone_data.runtime.config import load_config
@@ -54,7 +64,7 @@ def cmd_build(args) -> int:
 
         shutil.rmtree(cfg["output"])
     manifest = build(cfg)
-    print(_summary(manifest, cfg["output"]))
+    _done("build", manifest, cfg["output"])
     return 0
 
 
@@ -63,7 +73,7 @@ def cmd_regen(args) -> int:
 
     over = list(args.overrides) + ([f"runtime.executor={args.executor}"] if args.executor else [])
     manifest = regen(args.bank, args.output, over, overwrite=args.overwrite)
-    print(_summary(manifest, args.output))
+    _done("regen", manifest, args.output)
     return 0
 
 
@@ -75,10 +85,29 @@ def cmd_validate(args) -> int:
         print(f"INVALID {p}")
     if problems:
         print(f"{len(problems)} problem(s) in {args.output}")
+        _emit_summary("validate", ok=False, problems=problems)
         return 1
     m = json.loads((Path(args.output) / "manifest.json").read_text())
     print(f"ok: {m['samples']} samples in {len(m['shards'])} shards, all checks passed")
+    _emit_summary("validate", ok=True, samples=m["samples"], shards=len(m["shards"]))
     return 0
+
+
+def _emit_summary(command: str, **fields) -> None:
+    from scone_data.runtime import progress
+
+    if progress.json_mode():
+        progress.emit("summary", command=command, **fields)
+
+
+def _fail(command: str, err: Exception, code: int) -> int:
+    from scone_data.runtime import progress
+
+    if progress.json_mode():
+        progress.emit("summary", command=command, ok=False, error=str(err))
+    else:
+        print(f"error: {err}", file=sys.stderr)
+    return code
 
 
 def cmd_stats(args) -> int:
@@ -89,6 +118,10 @@ def cmd_stats(args) -> int:
     manifest = json.loads(p.read_text())
     print(json.dumps(manifest, indent=2) if args.json else _summary(manifest, args.output))
     return 0
+
+
+JSON_COMMANDS = ("build", "regen", "validate")  # the interop commands run their own reporter
+LOG_JSON_HELP = "JSON lines on stderr (start, progress, log, summary events) instead of bars and log text"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=["ray", "local"], help="override runtime.executor")
     b.add_argument("--output", help="override output")
     b.add_argument("--overwrite", action="store_true", help="delete OUTPUT first instead of resuming it")
+    b.add_argument("--log-json", action="store_true", help=LOG_JSON_HELP)
     b.set_defaults(fn=cmd_build)
     r = sub.add_parser("regen", help="new shards from an existing subject bank (no model runs)")
     r.add_argument("bank", help="output directory of an earlier build")
@@ -109,10 +143,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value settings of pairs.*, shards.*, seed, runtime.*")
     r.add_argument("--executor", choices=["ray", "local"])
     r.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
+    r.add_argument("--log-json", action="store_true", help=LOG_JSON_HELP)
     r.set_defaults(fn=cmd_regen)
     v = sub.add_parser("validate", help="check an output directory against its manifest and schemas")
     v.add_argument("output")
     v.add_argument("--no-decode", action="store_true", help="skip decoding every JPEG")
+    v.add_argument("--log-json", action="store_true", help=LOG_JSON_HELP)
     v.set_defaults(fn=cmd_validate)
     s = sub.add_parser("stats", help="print an output's counts")
     s.add_argument("output")
@@ -135,20 +171,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scone_data.runtime import progress
     from scone_data.runtime.config import ConfigError
     from scone_data.runtime.progress import setup_logging
     from scone_data.shards.ledger import SettingsChanged
 
     args = parser().parse_args(argv)
-    setup_logging(args.verbose)
+    log_json = bool(getattr(args, "log_json", False)) and args.cmd in JSON_COMMANDS
+    progress.configure(log_json)
+    setup_logging(args.verbose, log_json)
+    if log_json:
+        progress.emit("start", command=args.cmd, argv=list(argv if argv is not None else sys.argv[1:]))
     try:
         return args.fn(args)
     except (ConfigError, SettingsChanged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.cmd, e, 2)
     except OSError as e:  # disk full, read-only output, ...: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(args.cmd, e, 1)
+    finally:
+        progress.configure(False)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,10 @@ def ray_session(rt: C.RuntimeSettings):
     if rt.executor != "ray":
         yield
         return
+    from scone_data.runtime.progress import json_mode, route_ray_logs
+
+    if json_mode():  # Ray's C++ components log straight to stderr: keep them to fatal errors
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
     started = not ray.is_initialized()
@@ -113,7 +117,9 @@ def ray_session(rt: C.RuntimeSettings):
         )
         ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = rt.progress
+        ctx.enable_progress_bars = rt.progress and not json_mode()
+        if json_mode():
+            route_ray_logs()
     try:
         yield
     finally:

@@ -163,3 +163,27 @@ def test_stats_command(demo_local, capsys):
     out, manifest = demo_local
     assert main(["stats", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == manifest["samples"]
+
+
+def test_log_json_is_one_event_per_line(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scone_data.cli", "build", str(repo_root / "pipelines/demo.yaml"), f"output={out}",
+           "runtime.executor=local", "pairs.distractor_strategy=random", "--log-json"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = [json.loads(line) for line in p.stderr.splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "summary" and events[-1]["ok"]
+    assert {"progress", "log"} <= {e["event"] for e in events}
+    assert events[-1]["samples"] == json.loads((out / "manifest.json").read_text())["samples"]
+    bad = subprocess.run([*cmd[:4], str(repo_root / "pipelines/demo.yaml"), "runtime.unit_size=0", "--log-json"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    events = [json.loads(line) for line in bad.stderr.splitlines()]
+    assert (
+        events[-1]["event"] == "summary"
+        and not events[-1]["ok"]
+        and "runtime.unit_size" in events[-1]["error"]
+    )
