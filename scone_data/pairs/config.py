@@ -17,13 +17,9 @@ TASKS = schemas.tasks()  # the Sample schema is the one list of task types
 
 DISTRACTOR_STRATEGIES = ("semantic", "random")
 DIFFICULTIES = ("near", "far", "any")
-INTRA_STRATEGIES = ("random", "histogram")
-# Image-embedding look-alikes need real image-embedding weights; none ship in a package this project can
-# install offline (random-weight embeddings would be noise dressed as similarity), so the name is
-# reserved and refused with this explanation rather than faked.
-UNAVAILABLE_INTRA = {
-    "embedding": "no offline image-embedding weights are available here; use 'histogram' (colour inside the mask)"
-}
+# "embedding" needs ``embedding_model``: a local transformers vision model directory (CLIP, SigLIP,
+# DINOv2, ...); see pairs/embeddings.py.
+INTRA_STRATEGIES = ("random", "histogram", "embedding")
 BACKGROUNDS = ("plain", "texture")
 
 # Above this many references a sample no longer fits the trainer's packed sequence budget (SconeEval's
@@ -70,6 +66,7 @@ class PairConfig:
     distractor_strategy: str = "semantic"
     distractor_difficulty: str = "any"
     intra_strategy: str = "random"
+    embedding_model: str | None = None  # for intra_strategy "embedding"
     # Probability that an intra reference is a natural crop when the source holds several instances.
     # Off by default: the crop's look-alikes are in the target image too, so the target shows the
     # distractors the instruction says to leave out (fine for "pick it out of a real scene" data only).
@@ -148,12 +145,15 @@ class PairConfig:
             p.append(f"distractor_strategy: {self.distractor_strategy!r} not in {DISTRACTOR_STRATEGIES}")
         if self.distractor_difficulty not in DIFFICULTIES:
             p.append(f"distractor_difficulty: {self.distractor_difficulty!r} not in {DIFFICULTIES}")
-        if self.intra_strategy in UNAVAILABLE_INTRA:
-            p.append(
-                f"intra_strategy: {self.intra_strategy!r} unavailable: {UNAVAILABLE_INTRA[self.intra_strategy]}"
-            )
-        elif self.intra_strategy not in INTRA_STRATEGIES:
+        if self.intra_strategy not in INTRA_STRATEGIES:
             p.append(f"intra_strategy: {self.intra_strategy!r} not in {INTRA_STRATEGIES}")
+        if self.intra_strategy == "embedding" and not (
+            self.embedding_model and Path(self.embedding_model).is_dir()
+        ):
+            p.append(
+                f"embedding_model: {self.embedding_model!r} must be a local transformers vision model directory "
+                "(CLIP, SigLIP, DINOv2...) when intra_strategy is 'embedding'"
+            )
         if self.rewrite_model is not None and not Path(self.rewrite_model).is_dir():
             p.append(f"rewrite_model: {self.rewrite_model!r} is not a directory holding a causal LM")
         if not 1 <= self.rewrite_max_new_tokens <= MAX_REWRITE_TOKENS:

@@ -113,9 +113,9 @@ def color_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return h / max(float(h.sum()), 1.0)
 
 
-def order_intra(anchor_hist: np.ndarray, others: list, hists: dict[str, np.ndarray]) -> list:
-    """``others`` (objects with ``subject_id``) by histogram intersection with the anchor, most similar
-    first, ties by id."""
-    return sorted(
-        others, key=lambda o: (-float(np.minimum(anchor_hist, hists[o.subject_id]).sum()), o.subject_id)
-    )
+def order_intra(anchor: np.ndarray, others: list, feats: dict[str, np.ndarray], op=np.minimum) -> list:
+    """``others`` (objects with ``subject_id``) by similarity to the anchor, most similar first, ties by id.
+
+    Similarity is ``op(anchor, feat).sum()``: ``np.minimum`` gives histogram intersection (the default),
+    ``np.multiply`` the dot product of unit embeddings (cosine)."""
+    return sorted(others, key=lambda o: (-float(op(anchor, feats[o.subject_id]).sum()), o.subject_id))

@@ -51,8 +51,8 @@ def plan_samples(
     rewrites that were not used). Raises ValueError listing every bad setting.
     """
     problems = cfg.validate()
-    if cfg.intra_strategy == "histogram" and load_image is None:
-        problems.append("intra_strategy: 'histogram' needs plan_samples(..., load_image=...)")
+    if cfg.intra_strategy in ("histogram", "embedding") and load_image is None:
+        problems.append(f"intra_strategy: {cfg.intra_strategy!r} needs plan_samples(..., load_image=...)")
     if problems:
         raise ValueError("invalid PairConfig: " + "; ".join(problems))
     bank = BankIndex(subjects, images, cfg)

@@ -59,7 +59,8 @@ class TaskPlanner:
         # Not rejects: what happened on the way to the last plan (group references without a match, ...);
         # the caller adds them to its counts only when it keeps that plan.
         self.notes: Counter = Counter()
-        self._hists: dict = {}
+        self._hists: dict = {}  # per subject: colour histograms, and embeddings under ("embedding", id)
+        self._embedder = None
 
     # ---- eligibility (static, from the bank) -------------------------------------------------------
     def eligible_images(self, task: str) -> list[str]:
@@ -268,10 +269,12 @@ class TaskPlanner:
         if not elsewhere:
             return "no_distractor"
         k = rng.randint(cfg.min_distractors, cfg.max_distractors)
-        if cfg.intra_strategy == "histogram":
+        if cfg.intra_strategy in ("histogram", "embedding"):
             # Look-alikes first: the most similar of a random sample, then k of those at random.
+            feat = self._hist if cfg.intra_strategy == "histogram" else self._embedding
             scan = self.bank.draw_elsewhere(b, INTRA_SCAN, rng)
-            scan = order_intra(self._hist(b), scan, {o.subject_id: self._hist(o) for o in scan})[:INTRA_POOL]
+            sim = np.minimum if cfg.intra_strategy == "histogram" else np.multiply
+            scan = order_intra(feat(b), scan, {o.subject_id: feat(o) for o in scan}, sim)[:INTRA_POOL]
             others = rng.sample(scan, min(k, len(scan)))
         else:
             others = self.bank.draw_elsewhere(b, k, rng)
@@ -316,10 +319,22 @@ class TaskPlanner:
         ref = ReferencePlan(kind, w, h, tuple(cands), phrase, spec, **extra, **self._finish(rng))
         return ref, phrase
 
+    def _mask(self, b: BankSubject) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        return mask_utils.decode({"size": b.mask_rle["size"], "counts": b.mask_rle["counts"].encode()})
+
     def _hist(self, b: BankSubject):
         if b.subject_id not in self._hists:
-            from pycocotools import mask as mask_utils
-
-            m = mask_utils.decode({"size": b.mask_rle["size"], "counts": b.mask_rle["counts"].encode()})
-            self._hists[b.subject_id] = color_histogram(self.load_image(b.image_id), m)
+            self._hists[b.subject_id] = color_histogram(self.load_image(b.image_id), self._mask(b))
         return self._hists[b.subject_id]
+
+    def _embedding(self, b: BankSubject):
+        key = ("embedding", b.subject_id)
+        if key not in self._hists:
+            if self._embedder is None:
+                from scone_data.pairs.embeddings import ImageEmbedder
+
+                self._embedder = ImageEmbedder(self.cfg.embedding_model)
+            self._hists[key] = self._embedder.embed(self.load_image(b.image_id), self._mask(b).astype(bool))
+        return self._hists[key]

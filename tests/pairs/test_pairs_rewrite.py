@@ -99,4 +99,4 @@ def test_acceptance_rule():
 def test_rewrite_model_must_be_a_directory(tmp_path):
     problems = PairConfig(rewrite_model=str(tmp_path / "missing")).validate()
     assert any(p.startswith("rewrite_model") for p in problems)
-    assert any(p.startswith("intra_strategy") for p in PairConfig(intra_strategy="embedding").validate())
+    assert any(p.startswith("embedding_model") for p in PairConfig(intra_strategy="embedding").validate())
