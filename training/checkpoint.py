@@ -9,16 +9,20 @@ config.yaml (the resolved stage config), optimizer.safetensors + optimizer.json 
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from scone_train.bagel import Bagel, BagelConfig
+from scone_train.layers import sincos_2d
 from scone_train.llm import LLMConfig
 from scone_train.tokenizer import build_tiny_tokenizer, load_tokenizer
 from scone_train.vae import AutoEncoder, VAEConfig
 from scone_train.vit import ViTConfig
+
+log = logging.getLogger(__name__)
 
 
 def _pick(cls, d: dict):
@@ -45,8 +49,13 @@ def build_model(cfg: dict):
     return model, vae, tok
 
 
-def load_pretrained(path: str | Path):
-    """Load a BAGEL checkpoint directory (or ours) with strict key matching."""
+def model_skeleton(path: str | Path) -> tuple[Bagel, AutoEncoder]:
+    """The (model, VAE) a checkpoint directory describes, built on the meta device (no weights).
+
+    Reads llm_config.json and vit_config.json (an official BAGEL directory's as they are) and, when
+    present, our vae_config.json / bagel_config.json; without them the BAGEL-7B-MoT values apply
+    (FLUX VAE, max_latent_size 64, vit_max_num_patch_per_side 70, as in BAGEL's app.py).
+    """
     p = Path(path)
     llm = _pick(LLMConfig, json.loads((p / "llm_config.json").read_text()))
     vit_raw = json.loads((p / "vit_config.json").read_text())
@@ -62,12 +71,44 @@ def load_pretrained(path: str | Path):
         BagelConfig, {**extra, "z_channels": vae_cfg.z_channels, "vae_downsample": vae_cfg.downsample}
     )
     with torch.device("meta"):
-        model, vae = Bagel(llm, vit, bcfg), AutoEncoder(vae_cfg)
+        return Bagel(llm, vit, bcfg), AutoEncoder(vae_cfg)
+
+
+def _cast(sd: dict, dtype: torch.dtype) -> dict:
+    """Floating tensors to `dtype` (BAGEL's ema.safetensors is bf16: its trainer saves the EMA that way)."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def _exact_sincos_tables(model: Bagel) -> None:
+    """Replace the frozen sin-cos tables by their exact values when the loaded ones agree.
+
+    An official checkpoint holds them rounded to bf16 (|error| <= 2^-8 for values in [-1, 1]); BAGEL's
+    own fine-tuning drops them and recomputes them. A table that disagrees by more than that rounding
+    was built some other way: it is kept as loaded, with a warning.
+    """
+    for name in ("vit_pos_embed", "latent_pos_embed"):
+        emb = getattr(model, name)
+        exact = sincos_2d(emb.pos_embed.shape[1], emb.max_side).to(emb.pos_embed.dtype)
+        err = (emb.pos_embed.detach().float() - exact.float()).abs().max().item()
+        if err <= 1e-2:
+            emb.pos_embed.data.copy_(exact)
+        else:
+            log.warning("%s.pos_embed differs from the 2-D sin-cos table by %.3g; kept as loaded", name, err)
+        emb.pos_embed.requires_grad_(False)
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a BAGEL checkpoint directory (or ours) with strict key and shape matching.
+
+    Weights are cast to `dtype` (fp32 by default: the trainer keeps fp32 master weights, and an
+    official ema.safetensors is stored in bf16).
+    """
+    p = Path(path)
+    model, vae = model_skeleton(p)
     weights = p / "model.safetensors" if (p / "model.safetensors").exists() else p / "ema.safetensors"
-    model.load_state_dict(load_file(str(weights)), strict=True, assign=True)
-    vae.load_state_dict(load_file(str(p / "ae.safetensors")), strict=True, assign=True)
-    model.vit_pos_embed.pos_embed.requires_grad_(False)
-    model.latent_pos_embed.pos_embed.requires_grad_(False)
+    model.load_state_dict(_cast(load_file(str(weights)), dtype), strict=True, assign=True)
+    vae.load_state_dict(_cast(load_file(str(p / "ae.safetensors")), dtype), strict=True, assign=True)
+    _exact_sincos_tables(model)
     return model, vae, load_tokenizer(p)
 
 
