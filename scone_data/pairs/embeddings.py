@@ -39,12 +39,10 @@ class ImageEmbedder:
         self._proc = None
 
     def _load(self) -> None:
-        import torch
         from transformers import AutoImageProcessor, AutoModel
 
         self._proc = AutoImageProcessor.from_pretrained(self.path, local_files_only=True)
         self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
-        torch.set_grad_enabled(False)
 
     def embed(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(D,) float32, unit norm, of the subject ``mask`` (H, W bool) in ``image`` (H, W, 3 uint8 RGB)."""

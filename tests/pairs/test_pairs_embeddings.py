@@ -44,6 +44,9 @@ def test_embedding_is_unit_norm_deterministic_and_an_identical_copy_ranks_first(
     a = emb.embed(img, mask)
     assert a.dtype == np.float32 and abs(float(np.linalg.norm(a)) - 1) < 1e-5
     assert np.array_equal(a, ImageEmbedder(tiny_clip).embed(img, mask))
+    import torch
+
+    assert torch.is_grad_enabled()  # no global side effect on the process (a trainer may share it)
 
     class S:
         def __init__(self, sid):
