@@ -187,6 +187,13 @@ def run_bank_phase(
 
 
 # -- shard phase ---------------------------------------------------------------------------------
+def _max_pixels(cfg: dict[str, Any]) -> int:
+    """The decode cap the bank was built with (the stage's own default when the config sets none)."""
+    from scone_data.stages.decode import DecodeImages
+
+    return (cfg.get("decode") or {}).get("max_pixels", DecodeImages.max_pixels)
+
+
 def render_shard(
     out: str, name: str, plans: list, image_part: dict[str, str], pairs, provenance: dict, max_pixels: int
 ) -> dict[str, Any]:
@@ -230,7 +237,8 @@ def run_shard_phase(
     ledger = Ledger(out, "shards", provenance["config_hash"])
     t0 = time.perf_counter()
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
-    loader = ImageLoader(bank.image_part, (cfg.get("decode") or {}).get("max_pixels", 40_000_000))
+    max_pixels = _max_pixels(cfg)
+    loader = ImageLoader(bank.image_part, max_pixels)
     plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs, load_image=loader)
     log.info(
         "planned %d samples in %.1fs from %d subjects",
@@ -239,7 +247,6 @@ def run_shard_phase(
         len(bank.subjects),
     )
     jobs = shard_jobs(plans, shards.samples_per_shard)
-    max_pixels = (cfg.get("decode") or {}).get("max_pixels", 40_000_000)
     done = {name: ledger.done(name) for name, _ in jobs}
     todo = [(n, ps) for n, ps in jobs if not done[n]]
     bar = progress(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", enabled=rt.progress)
