@@ -17,11 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
-from scone_data.stages.model_stage import ModelStage
+from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
 
 
 @dataclass
@@ -111,10 +109,8 @@ class GroundingDinoDetector(ModelStage):
         todo: list[tuple[int, list]] = []
         for i in range(n):
             img = batch["image"][i]
-            if not (
-                isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
-            ):
-                reject(batch, i, "bad_image: expected HxWx3 uint8")
+            if not is_rgb_uint8(img):
+                reject(batch, i, BAD_IMAGE)
                 continue
             if self.skip_annotated and any(s.get("det_source") == "annotation" for s in subjects[i]):
                 continue

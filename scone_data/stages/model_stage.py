@@ -5,8 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from scone_data.models import registry
 from scone_data.stages.base import Stage
+
+BAD_IMAGE = "bad_image: expected HxWx3 uint8"  # the reject reason of a row whose image a model cannot take
+
+
+def is_rgb_uint8(img) -> bool:
+    """Whether ``img`` is what the model stages take: an (H, W, 3) uint8 array."""
+    return isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
 
 
 @dataclass

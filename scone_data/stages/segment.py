@@ -19,7 +19,7 @@ import numpy as np
 
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
-from scone_data.stages.model_stage import ModelStage
+from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -93,10 +93,8 @@ class SamSegmenter(ModelStage):
         todo: list[tuple[int, list[int], list[list[float]]]] = []  # row, subject indices, boxes
         for i in range(n):
             img = batch["image"][i]
-            if not (
-                isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
-            ):
-                reject(batch, i, "bad_image: expected HxWx3 uint8")
+            if not is_rgb_uint8(img):
+                reject(batch, i, BAD_IMAGE)
                 continue
             h, w = img.shape[:2]
             idx, boxes = [], []
