@@ -20,11 +20,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from scone_data.runtime.progress import progress
-
-# JSON progress lines per phase are rate-limited to one per this many seconds (plus the final one):
-# frequent enough for a dashboard, rare enough not to flood a log for a million samples.
-PROGRESS_EVERY_S = 2.0
+# the same rate limit as the build commands' JSON progress events (one setting, one place)
+from scone_data.runtime.progress import PROGRESS_EVERY_S, progress
 
 
 class Phase:
