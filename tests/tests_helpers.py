@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 
@@ -66,3 +69,18 @@ def make_sample(key: str, n_refs: int = 1, task: str = "composition_single", spl
     members = {f"ref{i}.jpg": jpeg((40 * i, 100, 200)) for i in range(n_refs)}
     members["target.jpg"] = jpeg((200, 50, 50))
     return rec, members
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG whose IHDR claims w x h pixels but carries almost no data (a decompression bomb by header)."""
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )

@@ -1,12 +1,11 @@
 """A folder of truncated, zero-byte, non-image, oversized and wrongly-named files builds to completion."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
+from tests_helpers import png_header
 
 from scone_data.runtime.build import build
 from scone_data.runtime.config import load_config
@@ -26,15 +25,6 @@ def _jpeg(w=64, h=48) -> bytes:
     return buf.getvalue()
 
 
-def _bomb_png(w=100_000, h=100_000) -> bytes:
-    """A valid small PNG whose header claims w x h pixels (the decompression-bomb shape)."""
-    data = bytearray(_png(8, 8))
-    ihdr = struct.pack(">II", w, h) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def test_hostile_folder_builds_and_every_bad_file_is_a_reject(tmp_path, repo_root):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -43,7 +33,7 @@ def test_hostile_folder_builds_and_every_bad_file_is_a_reject(tmp_path, repo_roo
         "truncated.jpg": j[: len(j) // 2],
         "empty.jpg": b"",
         "notes.jpg": b"this is not an image\n",
-        "sub/bomb.png": _bomb_png(),
+        "sub/bomb.png": png_header(100_000, 100_000),
         "png_named.jpg": _png(64, 48),  # wrongly named but a fine image: decoded by content
         "README.md": b"# not data\n",
         "good.webp": b"",

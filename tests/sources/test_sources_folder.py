@@ -2,12 +2,11 @@
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests_helpers import png_header
 
 from scone_data.sources.base import COLUMNS, resolve_path
 from scone_data.sources.folder import FolderSource
@@ -18,19 +17,6 @@ def pil_bytes(im, fmt, **kw):
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def png_header(w, h):
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

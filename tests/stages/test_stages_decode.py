@@ -1,12 +1,11 @@
 """DecodeImages: every PIL mode to RGB, EXIF orientation, hostile bytes, annotations -> subjects."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests_helpers import png_header
 
 from scone_data.imageio import content_id, encode_jpeg, mask_to_rle, rle_counts_from_string, rle_to_mask
 from scone_data.stages.decode import DecodeImages, annotations_to_subjects
@@ -16,21 +15,6 @@ def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def png_header(w: int, h: int) -> bytes:
-    """A PNG whose IHDR claims w x h pixels but carries almost no data (a bomb by header)."""
-
-    def chunk(t: bytes, d: bytes) -> bytes:
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def exif_rotated_jpeg() -> bytes:
