@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from scone_train.attention import DenseAttention, dense_bias, token_layout
 from scone_train.semantic_mask import semantic_key_mask
@@ -76,3 +77,38 @@ def test_attention_pattern_text_causal_images_full_target_hidden():
     assert ok[10:14, 0:14].all()  # target sees everything before it and itself
     assert not ok[0:10, 10:14].any()  # nothing else sees the target
     assert not ok[14:, :14].any() and not ok[:14, 14:].any()  # samples are separate
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*")
+def test_flex_backend_equals_dense_with_and_without_the_semantic_mask():
+    """The CUDA path (flex_attention block mask) computes what the dense bias computes. Run eagerly
+    here (flex_attention's reference path on the CPU); on the GPU the same mask_mod is compiled."""
+    import scone_train.attention as A
+    from torch.nn.attention.flex_attention import flex_attention
+
+    layout = token_layout([14, 10], [4, 3, 3, 4, 3, 4, 3], ["full"] * 2 + ["causal", "noise", "full", "causal", "noise"],
+                          "cpu")  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(24, 4, 8, generator=g),
+        torch.randn(24, 2, 8, generator=g),
+        torch.randn(24, 2, 8, generator=g),
+    )
+    masked = torch.zeros(24, dtype=torch.bool)
+    masked[[1, 5, 17]] = True
+    target = layout["noise"]
+    saved, A._FLEX = A._FLEX, flex_attention  # eager: no compile on the CPU test machine
+    try:
+        for dense, flex in (
+            (DenseAttention(dense_bias(layout)), A.FlexAttention(layout)),
+            (DenseAttention(dense_bias(layout)).with_key_mask(masked, target),
+             A.FlexAttention(layout).with_key_mask(masked, target)),
+        ):  # fmt: skip
+            torch.testing.assert_close(flex(q, k, v), dense(q, k, v), rtol=1e-5, atol=1e-5)
+        # the semantic mask changes the target rows (so the second comparison is not the first again)
+        plain = DenseAttention(dense_bias(layout))(q, k, v)
+        assert not torch.allclose(
+            plain[target], A.FlexAttention(layout).with_key_mask(masked, target)(q, k, v)[target]
+        )
+    finally:
+        A._FLEX = saved
