@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup demo test lint format bench train-demo soak clean
+.PHONY: help setup demo test lint format bench gpu-prepare train-demo soak clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -38,9 +38,12 @@ format: setup
 bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed, JSON in bench/out/
 	mkdir -p bench/out
 	$(BIN)/python bench/cpu_pairs.py --out bench/out/cpu_pairs.json
-	$(BIN)/python bench/gpu_detect_segment.py --smoke --out bench/out/gpu_detect_segment_smoke.json
-	$(BIN)/python bench/gpu_train.py --smoke --out bench/out/gpu_train_smoke.json
-	@echo "GPU machine: python bench/gpu_detect_segment.py --out ... and python bench/gpu_train.py --out ... (see bench/RESULTS.md)"
+	$(BIN)/python bench/gpu_assets.py bench/out/assets
+	PATH=$(abspath $(BIN)):$$PATH GPU_ASSETS=bench/out/assets OUT=bench/out/gpu_smoke bash bench/gpu_run.sh --smoke
+	@echo "GPU machine: make gpu-prepare here, then the device command in README.md (Benchmarks)"
+
+gpu-prepare: setup  ## fill .whl/ (wheels + assets) for a GPU session; see README.md, Benchmarks
+	bash bench/gpu_prepare.sh
 
 soak: setup  ## fault-injection soak: 500 SIGKILL-and-resume trials of build and regen (~10 min)
 	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py

