@@ -14,7 +14,7 @@ predicted IoU, SAM's stability score and the binary mask at the original image s
 from __future__ import annotations
 
 import contextlib
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -124,41 +124,116 @@ def build_sam(name: str, checkpoint: str | Path | None = None, seed: int = 0, ra
     return model
 
 
-class _SdpaAttention(torch.nn.Module):
-    """SAM ViT attention through ``F.scaled_dot_product_attention`` (flash/efficient kernels on GPU).
+class _BiasAttention(torch.nn.Module):
+    """SAM ViT attention through ``F.scaled_dot_product_attention`` with the rel-pos term as a mask.
 
     Same maths as ``segment_anything.modeling.image_encoder.Attention``: the decomposed relative
-    position term is an additive bias, ``rel_h[..., :, None] + rel_w[..., None, :]``.
+    position term is an additive float bias ``rel_h[..., :, None] + rel_w[..., None, :]`` of shape
+    (B, heads, HW, HW). A float mask rules out the flash kernels on GPU and costs HW x HW memory per
+    head (32 MiB per head in bf16, 512 MiB per image for vit_h's 64x64 global blocks). Kept as a
+    reference for :class:`_FlashAttention`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from segment_anything.modeling.image_encoder import get_rel_pos
-
         B, H, W, _ = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, HW, C)
+        q, k, v = _qkv(self, x)
         bias = None
         if self.use_rel_pos:
-            Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)
-            Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)
-            r_q = q.reshape(B, self.num_heads, H, W, -1)
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+            rel_h, rel_w = _rel_terms(self, q, H, W)
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, self.num_heads, H * W, H * W)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        x = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(x)
+        return _merge_heads(self, out, B, H, W)
 
 
-def use_sdpa_(model) -> int:
-    """Switch every attention block of ``model.image_encoder`` to SDPA in place; returns how many."""
+class _FlashAttention(torch.nn.Module):
+    """SAM ViT attention through ``F.scaled_dot_product_attention`` with no mask (flash-compatible).
+
+    Upstream's logit between query q (at row qh, column qw) and key k (at kh, kw) is
+    ``scale * q.k + rel_h[q, kh] + rel_w[q, kw]``, with ``rel_h[q, j] = q . Rh[qh, j]`` and
+    ``rel_w[q, j] = q . Rw[qw, j]`` computed from the *unscaled* q. Both rel-pos terms are lookups by
+    the key's row and column, i.e. dot products with one-hot vectors, so the whole logit is one dot
+    product of augmented vectors::
+
+        q' = [scale * q, rel_h[q, :], rel_w[q, :]]      (C + H + W)
+        k' = [k,         onehot_H(kh), onehot_W(kw)]    (C + H + W)
+        q' . k' = scale * q.k + rel_h[q, kh] + rel_w[q, kw]
+
+    and SDPA runs with ``scale=1``. Flash kernels want q, k and v of one head dim, a multiple of 8:
+    q' and k' are zero-padded to that width (zeros add nothing to q'.k'), v is zero-padded to the same
+    width and the output sliced back to C. For vit_h (C = 80) that is 208 in the 64x64 global blocks
+    and 112 in the 14x14 windows. Costs: the QK and PV matmuls grow with the head dim, but no
+    (HW, HW) tensor is ever built and the fastest kernel applies.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        q, k, v = _qkv(self, x)
+        if not self.use_rel_pos:
+            return _merge_heads(self, F.scaled_dot_product_attention(q, k, v), B, H, W)
+        C = q.shape[-1]
+        rel_h, rel_w = _rel_terms(self, q, H, W)  # from the unscaled q, as upstream
+        L = H * W
+        rel_h, rel_w = rel_h.reshape(B, self.num_heads, L, H), rel_w.reshape(B, self.num_heads, L, W)
+        # key l sits at row l // W, column l % W
+        eye_h = torch.eye(H, dtype=k.dtype, device=k.device).repeat_interleave(W, dim=0)
+        eye_w = torch.eye(W, dtype=k.dtype, device=k.device).repeat(H, 1)
+        D = -(-(C + H + W) // 8) * 8
+        pad = D - (C + H + W)
+        qa = F.pad(torch.cat([q * self.scale, rel_h.to(q.dtype), rel_w.to(q.dtype)], -1), (0, pad))
+        ka = torch.cat([k, eye_h.expand(B, self.num_heads, L, H), eye_w.expand(B, self.num_heads, L, W)], -1)
+        ka = F.pad(ka, (0, pad))
+        out = F.scaled_dot_product_attention(qa, ka, F.pad(v, (0, D - C)), scale=1.0)
+        return _merge_heads(self, out[..., :C], B, H, W)
+
+
+def _qkv(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, W, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, H * W, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return qkv.unbind(0)  # each (B, heads, HW, C)
+
+
+def _rel_terms(attn, q: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's ``add_decomposed_rel_pos`` terms: rel_h (B, heads, H, W, H), rel_w (B, heads, H, W, W)."""
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    Rh = get_rel_pos(H, H, attn.rel_pos_h).to(q.dtype)
+    Rw = get_rel_pos(W, W, attn.rel_pos_w).to(q.dtype)
+    r_q = q.reshape(q.shape[0], attn.num_heads, H, W, -1)
+    return torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh), torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+
+
+def _merge_heads(attn, out: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+    x = out.reshape(B, attn.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+    return attn.proj(x)
+
+
+ATTENTION_MODES = ("flash", "bias")  # use_sdpa_ modes; "upstream" (no swap) is the stage's third choice
+
+
+@cache
+def _attention_class(mode: str) -> type:
     from segment_anything.modeling.image_encoder import Attention
 
+    impl = {"flash": _FlashAttention, "bias": _BiasAttention}[mode]
+    return type(impl.__name__.lstrip("_"), (impl, Attention), {})
+
+
+def use_sdpa_(model, mode: str = "flash") -> int:
+    """Switch every attention block of ``model.image_encoder`` to SDPA in place; returns how many.
+
+    ``mode``: ``flash`` folds the rel-pos term into q and k (no mask; :class:`_FlashAttention`),
+    ``bias`` passes it as an additive mask (:class:`_BiasAttention`). Both are upstream's maths.
+    Calling it again switches an already switched model to the other mode.
+    """
+    from segment_anything.modeling.image_encoder import Attention
+
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r}; known: {', '.join(ATTENTION_MODES)}")
     n = 0
     for m in model.image_encoder.modules():
-        if type(m) is Attention:
+        if isinstance(m, Attention):
             # Same parameters and buffers, new forward: a class swap keeps state_dict keys unchanged.
-            m.__class__ = type("SdpaAttention", (_SdpaAttention, Attention), {})
+            m.__class__ = _attention_class(mode)
             n += 1
     return n
 

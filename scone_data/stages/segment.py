@@ -8,6 +8,13 @@ whose box has no area inside the image, which gets an empty mask and scores 0 wi
 
 Images are embedded ``batch_size`` at a time; all boxes of those images go through the mask decoder
 in one call (see :class:`~scone_data.models.sam.SamBoxPredictor`).
+
+Overlap: while chunk k runs on the device, a small thread pool (made in ``setup``) resizes the
+images of chunk k+1 (``SamBoxPredictor.prepare``, a PIL resize that releases the GIL). Only one chunk
+is prepared ahead, and results are taken in submission order, so outputs are those of a sequential
+run. Masks become RLE on their own device (segment-anything's ``mask_to_rle_pytorch``): only the run
+lengths travel to the host, where pycocotools compresses them into the same strings as
+:func:`encode_rle`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,26 @@ def encode_rle(mask: np.ndarray) -> dict:
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_rle_torch(masks) -> list[dict]:
+    """(N, H, W) bool tensor on any device -> per mask the same dict as :func:`encode_rle`.
+
+    Run lengths are computed where the masks live (upstream ``mask_to_rle_pytorch``), so a GPU
+    pipeline copies change positions to the host instead of full-size masks; pycocotools compresses.
+    """
+    from pycocotools import mask as mask_utils
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    out = []
+    for rle in mask_to_rle_pytorch(masks):
+        h, w = rle["size"]
+        c = mask_utils.frPyObjects(rle, h, w)
+        out.append({"size": [int(h), int(w)], "counts": c["counts"].decode("ascii")})
+    return out
+
+
+ATTENTION_CHOICES = ("flash", "bias", "upstream")
 
 
 def _valid_box(box, w: int, h: int) -> list[float] | None:
@@ -51,7 +78,7 @@ class SamSegmenter(ModelStage):
     checkpoint: str | None = None  # local file; None -> the registry's cache copy
     batch_size: int = 8  # images per image-encoder call
     bf16: bool = False  # image encoder under bf16 autocast; the decoder stays fp32
-    sdpa: bool = True  # image-encoder attention through scaled_dot_product_attention (same maths)
+    attention: str = "flash"  # flash (rel-pos folded into q/k, no mask) | bias (additive mask) | upstream (segment-anything's own)
     compile: bool = False  # torch.compile the image encoder (GPU; first batch pays the compile)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_gpus: str | float = "auto"  # what the stage asks Ray for; auto -> 1 if CUDA is visible
@@ -66,9 +93,13 @@ class SamSegmenter(ModelStage):
         )
         if int(self.batch_size) < 1:
             out.append(f"batch_size: {self.batch_size} must be >= 1")
+        if self.attention not in ATTENTION_CHOICES:
+            out.append(f"attention: {self.attention!r} is not one of {' | '.join(ATTENTION_CHOICES)}")
         return out
 
     def setup(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
 
         from scone_data.models.sam import SamBoxPredictor, build_sam, use_sdpa_
@@ -77,11 +108,12 @@ class SamSegmenter(ModelStage):
         if self.model != "tiny":
             ckpt = str(registry.require(registry.for_model("sam", self.model).name, ckpt, self.verify_sha256))
         model = build_sam(self.model, ckpt, seed=self.seed)
-        if self.sdpa:
-            use_sdpa_(model)
+        if self.attention != "upstream":
+            use_sdpa_(model, mode=self.attention)
         self._pred = SamBoxPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
         if self.compile:
             model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam-prepare")
 
     def process(self, batch: Batch) -> Batch:
         import torch
@@ -114,21 +146,27 @@ class SamSegmenter(ModelStage):
                     boxes.append(box)
             if idx:
                 todo.append((i, idx, boxes))
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            imgs = [batch["image"][i] for i, _, _ in chunk]
+        chunks = [todo[a : a + self.batch_size] for a in range(0, len(todo), self.batch_size)]
+
+        def prepare(chunk):  # futures, one per image, in order
+            return [self._pool.submit(self._pred.prepare, batch["image"][i]) for i, _, _ in chunk]
+
+        ahead = prepare(chunks[0]) if chunks else []
+        for c, chunk in enumerate(chunks):
+            prepared = [f.result() for f in ahead]
+            ahead = prepare(chunks[c + 1]) if c + 1 < len(chunks) else []  # runs while this chunk computes
             res = self._pred.predict_torch(
-                [self._pred.prepare(im) for im in imgs],
-                [im.shape[:2] for im in imgs],
+                prepared,
+                [batch["image"][i].shape[:2] for i, _, _ in chunk],
                 [torch.tensor(b, dtype=torch.float32) for _, _, b in chunk],
             )
             for (i, idx, _), r in zip(chunk, res):
-                masks = r["masks"].cpu().numpy()
+                rles = encode_rle_torch(r["masks"])
                 iou = r["iou"].clamp(0, 1).cpu().tolist()
                 stab = r["stability"].clamp(0, 1).cpu().tolist()
                 for j, k in enumerate(idx):
                     subjects[i][k].update(
-                        mask_rle=encode_rle(masks[j]),
+                        mask_rle=rles[j],
                         mask_score=float(iou[j]),
                         stability=float(stab[j]),
                         mask_source="sam",

@@ -43,15 +43,15 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("sdpa", [False, True])
-def test_batched_predictor_equals_upstream(sdpa):
+@pytest.mark.parametrize("attention", ["upstream", "bias", "flash"])
+def test_batched_predictor_equals_upstream(attention):
     rng = np.random.default_rng(0)
     model = build_sam("tiny", seed=3)
     images = _images(rng)
     boxes = [_boxes(rng, images[0], 3), _boxes(rng, images[1], 1), _boxes(rng, images[2], 2)]
     refs = [_reference(model, im, b) for im, b in zip(images, boxes)]
-    if sdpa:
-        assert use_sdpa_(model) == 2
+    if attention != "upstream":
+        assert use_sdpa_(model, mode=attention) == 2
     out = SamBoxPredictor(model).predict(images, boxes)
     for (rmask_logits, riou, rlow), o, im in zip(refs, out, images):
         assert o["masks"].shape == (len(riou), *im.shape[:2])
