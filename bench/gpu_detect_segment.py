@@ -102,6 +102,22 @@ def _ours(det, seg, images, dev, batch):
     return time.perf_counter() - t0, out["subjects"]
 
 
+def _components(det, seg, images, dev, batch) -> tuple[float, float]:
+    """Images/s of the detector alone and of the segmenter alone (on the detector's boxes)."""
+    rows = {"image": images, "caption": [None] * len(images), "subjects": [[] for _ in images]}
+    parts = [{k: v[s : s + batch] for k, v in rows.items()} for s in range(0, len(images), batch)]
+    _sync(dev)
+    t0 = time.perf_counter()
+    dets = [det(p) for p in parts]
+    _sync(dev)
+    t1 = time.perf_counter()
+    for d in dets:
+        seg(d)
+    _sync(dev)
+    t2 = time.perf_counter()
+    return len(images) / (t1 - t0), len(images) / (t2 - t1)
+
+
 def _mask_ious(naive, ours) -> tuple[list[float], float]:
     """Mask IoU for every naive box that ours also found (box IoU > 0.9); and the match rate."""
     from pycocotools import mask as mu
@@ -125,26 +141,55 @@ def _mask_ious(naive, ours) -> tuple[list[float], float]:
     return ious, (len(ious) / n_all if n_all else 0.0)
 
 
-def _encoder_tflops(seg, dev, batch, iters):
-    """SAM image encoder TFLOP/s at ``batch`` images (FLOPs counted by torch's FlopCounterMode)."""
+def _encoder_flops_per_image(enc, dev, img_size) -> float:
+    """Model FLOPs of one image through SAM's image encoder, counted (FlopCounterMode) on upstream's own
+    attention: the flash path's padded q/k/v widths are not useful work and are not counted."""
+    from segment_anything.modeling.image_encoder import Attention
     from torch.utils.flop_counter import FlopCounterMode
 
+    swapped = [(m, m.__class__) for m in enc.modules() if isinstance(m, Attention)]
+    for m, _ in swapped:
+        m.__class__ = Attention
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            enc(torch.randn(1, 3, img_size, img_size, device=dev))
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+    return float(fc.get_total_flops())
+
+
+def _encoder_modes(seg, dev, batch, iters, modes) -> dict:
+    """SAM image-encoder images/s for each attention mode (same weights, same batch), bf16 as set."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from scone_data.models.sam import use_sdpa_
+
     pred = seg._pred
-    x = torch.randn(batch, 3, pred.img_size, pred.img_size, device=dev)
     enc = pred.model.image_encoder
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=pred.bf16):
-        with FlopCounterMode(display=False) as fc:
-            enc(x)
-        for _ in range(2):
-            enc(x)  # warm-up (and compile, if on)
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            enc(x)
-        _sync(dev)
-    dt = (time.perf_counter() - t0) / iters
-    flops = fc.get_total_flops()
-    return flops / dt / 1e12, flops / batch / 1e12, batch / dt
+    x = torch.randn(batch, 3, pred.img_size, pred.img_size, device=dev)
+    own = [(m, m.__class__) for m in enc.modules() if isinstance(m, Attention)]
+    out = {}
+    try:
+        for mode in modes:
+            if mode == "upstream":
+                for m, _ in own:
+                    m.__class__ = Attention
+            else:
+                use_sdpa_(pred.model, mode)
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=pred.bf16):
+                for _ in range(2):
+                    enc(x)  # warm-up (and compile, if on)
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    enc(x)
+                _sync(dev)
+            out[mode] = batch * iters / (time.perf_counter() - t0)
+    finally:
+        for m, cls in own:
+            m.__class__ = cls
+    return out
 
 
 def _matmul_peak(dev, n, iters):
@@ -172,6 +217,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--compile", action="store_true", help="torch.compile SAM's image encoder")
+    ap.add_argument("--sam-attention", default="flash", choices=["flash", "bias", "upstream"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--image-dir", default=None, help="photos to use (default: scikit-image's samples)")
     ap.add_argument("--tokenizer-dir", default=None, help="bert-base-uncased tokenizer files (default: "
@@ -214,13 +260,23 @@ def main(argv=None) -> dict:
         common = dict(device=str(dev), bf16=args.bf16, batch_size=batch, verify_sha256=False)
         det = GroundingDinoDetector(model=gd_name, checkpoint=str(gd_ck), tokenizer_dir=args.tokenizer_dir, labels=LABELS, box_threshold=0.0, text_threshold=0.0,
                                     nms_iou=1.0, dedup_iou=1.0, max_detections=TOP_K, image_size=size, max_size=max_size, **common)  # fmt: skip
-        seg = SamSegmenter(model=sam_name, checkpoint=str(sam_ck), compile=args.compile, **common)
+        seg = SamSegmenter(model=sam_name, checkpoint=str(sam_ck), compile=args.compile,
+                           attention=args.sam_attention, **common)  # fmt: skip
         problems = det.validate() + seg.validate()
         if problems:
             raise SystemExit("bad benchmark settings: " + "; ".join(problems))
         _ours(det, seg, images[:batch], dev, batch)  # warm-up
         ours_s, ours = _ours(det, seg, images, dev, batch)
-    enc_tflops, enc_tflop_per_img, enc_ips = _encoder_tflops(seg, dev, batch, enc_iters)
+        det_ips, seg_ips = _components(det, seg, images, dev, batch)
+    enc = seg._pred.model.image_encoder
+    flops_img = _encoder_flops_per_image(getattr(enc, "_orig_mod", enc), dev, seg._pred.img_size)
+    # with torch.compile, swapping attention classes would recompile: time the configured mode only
+    modes = (
+        [seg.attention] if args.compile else list(dict.fromkeys([seg.attention, "flash", "bias", "upstream"]))
+    )
+    enc_ips_by_mode = _encoder_modes(seg, dev, batch, enc_iters, modes)
+    enc_ips = enc_ips_by_mode[seg.attention]
+    enc_tflop_per_img, enc_tflops = flops_img / 1e12, flops_img * enc_ips / 1e12
     peak = _matmul_peak(dev, mm_n, 10 if dev.type == "cuda" else 2)
     ious, match = _mask_ious(naive, ours)
     # Segmenter fidelity on identical boxes: with random weights many detector scores tie (saturate),
@@ -233,8 +289,10 @@ def main(argv=None) -> dict:
         "smoke": args.smoke, "images": n, "image_hw": [h, w], "sam": sam_name, "gdino": gd_name,
         "batch_size": batch, "bf16": args.bf16, "compile": args.compile, "top_k": TOP_K,
         "naive_images_per_s": n / naive_s, "ours_images_per_s": n / ours_s, "speedup": naive_s / ours_s,
+        "detector_images_per_s": det_ips, "segmenter_images_per_s": seg_ips,
         "sam_encoder_tflops": enc_tflops, "sam_encoder_tflop_per_image": enc_tflop_per_img,
-        "sam_encoder_images_per_s": enc_ips, "bf16_matmul_peak_tflops": peak,
+        "sam_encoder_images_per_s": enc_ips, "sam_attention": seg.attention,
+        "sam_encoder_images_per_s_by_attention": enc_ips_by_mode, "bf16_matmul_peak_tflops": peak,
         "sam_encoder_share_of_peak": enc_tflops / peak,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
         "mask_iou_median": statistics.median(ious) if ious else None, "mask_iou_min": min(ious) if ious else None,
@@ -246,9 +304,15 @@ def main(argv=None) -> dict:
         ("naive loop (fp32, 1 image)", f"{res['naive_images_per_s']:.2f} img/s"),
         (f"ours (batch {batch}, bf16={args.bf16})", f"{res['ours_images_per_s']:.2f} img/s"),
         ("speed-up", f"{res['speedup']:.2f}x"),
+        ("  detector alone / segmenter alone", f"{det_ips:.2f} / {seg_ips:.2f} img/s"),
         (
             "SAM encoder",
-            f"{enc_tflops:.1f} TFLOP/s = {100 * res['sam_encoder_share_of_peak']:.0f}% of {peak:.0f} bf16 peak",
+            f"{enc_tflops:.1f} TFLOP/s = {100 * res['sam_encoder_share_of_peak']:.0f}% of {peak:.0f} bf16 peak "
+            f"({enc_tflop_per_img:.2f} TFLOP/image, attention {seg.attention})",
+        ),
+        (
+            "SAM encoder img/s by attention",
+            ", ".join(f"{k} {v:.1f}" for k, v in enc_ips_by_mode.items()),
         ),
         ("peak GPU memory", f"{res['peak_gpu_mem_gib']:.1f} GiB" if res["peak_gpu_mem_gib"] else "n/a (cpu)"),
         (
