@@ -33,8 +33,12 @@ class LLMConfig:
 
 def _route(x: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, f_und, f_gen) -> torch.Tensor:
     """Apply f_und to rows `und` and f_gen to rows `gen` of x (L, *) -> (L, *out)."""
-    a, b = f_und(x[und]), f_gen(x[gen])
-    out = a.new_zeros((x.shape[0], *a.shape[1:]))
+    return _scatter(f_und(x[und]), f_gen(x[gen]), und, gen, x.shape[0])
+
+
+def _scatter(a: torch.Tensor, b: torch.Tensor, und: torch.Tensor, gen: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows a (for `und`) and b (for `gen`) back into one (n, *) tensor in sequence order, a's dtype."""
+    out = a.new_zeros((n, *a.shape[1:]))
     out[und] = a
     out[gen] = b.to(a.dtype)
     return out
@@ -56,29 +60,32 @@ class MoTAttention(nn.Module):
             setattr(self, f"q_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
             setattr(self, f"k_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
 
-    def forward(self, x, und, gen, cos, sin, attn) -> torch.Tensor:
-        """x (L, H); und/gen int64 row indexes; cos/sin (L, D); attn: an `Attention` (see forward)."""
+    def qkv(self, y: torch.Tensor, suffix: str) -> tuple[torch.Tensor, torch.dtype]:
+        """One expert's q, k (QK-normed) and v of rows y (n, H) -> ((n, nq + 2 nkv, D), v's dtype).
+
+        With fp32 weights under autocast the projections give bf16 and QK-norm (fp32 maths, fp32
+        weight) gives fp32, so the result is fp32 here; v's round trip through fp32 is exact."""
         c = self.cfg
         nq, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q = _route(x, und, gen, self.q_proj, self.q_proj_moe_gen).view(-1, nq, d)
-        k = _route(x, und, gen, self.k_proj, self.k_proj_moe_gen).view(-1, nkv, d)
-        v = _route(x, und, gen, self.v_proj, self.v_proj_moe_gen).view(-1, nkv, d)
-        q = self._norm(q, und, gen, "q")
-        k = self._norm(k, und, gen, "k")
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attn(q, k, v).reshape(-1, nq * d)
-        return _route(out, und, gen, self.o_proj, self.o_proj_moe_gen)
-
-    def _norm(self, t: torch.Tensor, und, gen, which: str) -> torch.Tensor:
-        return _route(t, und, gen, getattr(self, f"{which}_norm"), getattr(self, f"{which}_norm_moe_gen"))
+        v = getattr(self, f"v_proj{suffix}")(y).view(-1, nkv, d)
+        q = getattr(self, f"q_norm{suffix}")(getattr(self, f"q_proj{suffix}")(y).view(-1, nq, d))
+        k = getattr(self, f"k_norm{suffix}")(getattr(self, f"k_proj{suffix}")(y).view(-1, nkv, d))
+        return torch.cat([q, k, v.to(q.dtype)], dim=1), v.dtype
 
 
 class MoTDecoderLayer(nn.Module):
-    """Qwen2MoTDecoderLayer: pre-norm attention and MLP, each with an und and a gen copy."""
+    """Qwen2MoTDecoderLayer: pre-norm attention and MLP, each with an und and a gen copy.
+
+    Each expert's rows are gathered once per layer and stay gathered through the norms, the
+    projections and the MLP; the sequence is put back together only where tokens meet (q/k/v for the
+    joint attention, and the layer's output). Per layer: 4 gathers and 2 scatters, whatever the depth
+    of the expert blocks.
+    """
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         h = cfg.hidden_size
+        self.cfg = cfg
         self.self_attn = MoTAttention(cfg)
         self.mlp = SwiGLU(h, cfg.intermediate_size)
         self.mlp_moe_gen = SwiGLU(h, cfg.intermediate_size)
@@ -88,11 +95,23 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm_moe_gen = RMSNorm(h, cfg.rms_norm_eps)
 
     def forward(self, x, und, gen, cos, sin, attn) -> torch.Tensor:
-        y = _route(x, und, gen, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(y, und, gen, cos, sin, attn)
-        y = _route(x, und, gen, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
-        y = _route(y, und, gen, self.mlp, self.mlp_moe_gen)
-        return x + y
+        c, a, n = self.cfg, self.self_attn, x.shape[0]
+        nq, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        xu, xg = x[und], x[gen]
+        (qkv_u, dt), (qkv_g, _) = (
+            a.qkv(self.input_layernorm(xu), ""),
+            a.qkv(self.input_layernorm_moe_gen(xg), "_moe_gen"),
+        )
+        q, k, v = _scatter(qkv_u, qkv_g, und, gen, n).split([nq, nkv, nkv], dim=1)
+        # RoPE on the fp32 q/k, then everything in the projections' dtype (bf16 under autocast): the
+        # cast autocast would make at the attention call, made once here for every backend.
+        q, k, v = apply_rope(q, cos, sin).to(dt), apply_rope(k, cos, sin).to(dt), v.to(dt)
+        o = attn(q, k, v).reshape(n, nq * d)
+        xu = xu + a.o_proj(o[und])
+        xg = xg + a.o_proj_moe_gen(o[gen])
+        xu = xu + self.mlp(self.post_attention_layernorm(xu))
+        xg = xg + self.mlp_moe_gen(self.post_attention_layernorm_moe_gen(xg))
+        return _scatter(xu, xg, und, gen, n)
 
 
 class Qwen2MoTModel(nn.Module):
