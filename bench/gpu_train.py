@@ -49,9 +49,17 @@ except (
 from scone_train.attention import allowed, build_attention, token_layout  # noqa: E402
 from scone_train.llm import LLMConfig, Qwen2MoTForCausalLM  # noqa: E402
 
-# ~1.0B parameters with both experts (Qwen2-0.5B shapes per expert, 24 layers); ~0.37B active per token.
-FULL = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-            num_key_value_heads=2, vocab_size=151936)  # fmt: skip
+# GPU presets, both ~1-1.5B parameters in the decoder with both experts (embeddings and lm_head
+# excluded: the trainer never runs them for these samples):
+# - wide: Qwen2-1.5B shapes per expert (hidden 1536), 14 layers: 1.31B, 0.65B active per token;
+# - deep: Qwen2-0.5B shapes per expert (hidden 896), 24 layers: 0.72B, 0.36B active per token.
+# Wider matmuls keep the GPU busier, so `wide` is the default; `deep` shows how MFU falls with width.
+PRESETS = {
+    "wide": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=14, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936),
+    "deep": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936),
+}  # fmt: skip
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=384)  # fmt: skip
 # Sample shapes in tokens. GPU: Scone's sizes (VAE 512..1024 px at 16 px/token, ViT 224..518 px at 14).
@@ -252,10 +260,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per mode (default 20, smoke 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per mode (default 5, smoke 1)")
     p.add_argument("--samples", type=int, default=None, help="distinct synthetic samples (cycled)")
+    p.add_argument(
+        "--budget", type=int, default=None, help="tokens per packed step (default 16384, smoke 512)"
+    )
+    p.add_argument("--preset", default="wide", choices=sorted(PRESETS), help="GPU model size (see PRESETS)")
     a = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.smoke
     device = torch.device("cuda" if cuda else "cpu")
-    size, shapes = (TINY, TINY_SHAPES) if a.smoke else (FULL, FULL_SHAPES)
+    size, shapes = (TINY, TINY_SHAPES) if a.smoke else (PRESETS[a.preset], FULL_SHAPES)
+    shapes = dict(shapes, budget=a.budget or shapes["budget"])
     steps, warmup = a.steps or (2 if a.smoke else 20), a.warmup or (1 if a.smoke else 5)
     bf16, backend = cuda, "flex" if cuda else "dense"
     torch.manual_seed(0)
@@ -296,6 +309,7 @@ def main(argv=None) -> int:
         "dtype": "bf16 autocast, fp32 master weights" if bf16 else "fp32",
         "attention_packed": backend,
         "attention_padded": "sdpa + (B,1,L,L) bool mask",
+        "preset": "tiny" if a.smoke else a.preset,
         "config": size,
         "shapes": shapes,
         "params_total": n_total,
