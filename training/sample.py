@@ -153,18 +153,25 @@ def contact_sheet(rows: list[list[Image.Image]], cell: int = CELL) -> Image.Imag
     return sheet
 
 
-def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limit=None, seed=0) -> list:
+def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limit=None, seed=0,
+                 dtype: str = "auto") -> list:  # fmt: skip
     """Render `split` of the corpora `shards` with checkpoint `ckpt` into `out`: {key}.png per sample,
     contact_sheet.png (rows: references | output | target) and samples.jsonl. Returns the records.
     The noise of each sample is keyed by (seed, key), so an image does not depend on `limit` or order.
+    dtype: weights as `fp32` or `bf16` (half the memory: BAGEL-7B-MoT's ~14B parameters take ~29 GB
+    in bf16, ~58 GB in fp32); `auto` = bf16 on a GPU, fp32 on the CPU. Compute runs under bf16
+    autocast whenever the weights are bf16 or the device is a GPU.
     """
     from scone_train.checkpoint import load_pretrained
 
     ckpt, out = Path(ckpt), Path(out)
-    model, vae, tok = load_pretrained(ckpt)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    wdtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model, vae, tok = load_pretrained(ckpt, dtype=wdtype)
     cfg = yaml.safe_load((ckpt / "config.yaml").read_text()) if (ckpt / "config.yaml").exists() else {}
     data = cfg.get("data", {})
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev).eval()
     vae.to(dev).eval()
     mc = model.cfg
@@ -188,7 +195,7 @@ def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limi
             break
         sample = decode_sample(raw)
         g = torch.Generator(device=dev).manual_seed(_seed(seed, "sample", sample["key"]))
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" or dtype == "bf16"):
             img = to_pil(generate(model, vae, builder, sample, s, g, mask_cfg))
         name = f"{sample['key']}.png"
         img.save(out / name)
@@ -215,6 +222,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=d.steps, help="schedule points (BAGEL's num_timesteps)")
     p.add_argument("--limit", type=int, default=None, help="render at most this many samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="weights' dtype (auto: bf16 on a GPU, fp32 on the CPU)")  # fmt: skip
     p.add_argument("--shift", type=float, default=d.shift)
     p.add_argument("--text-scale", type=float, default=d.text_scale)
     p.add_argument("--img-scale", type=float, default=d.img_scale)
@@ -225,6 +234,6 @@ def main(argv: list[str]) -> int:
         print("scone-train sample: --steps must be >= 2", file=sys.stderr)
         return 2
     s = SamplerSettings(a.steps, a.shift, a.text_scale, a.img_scale, d.interval, a.renorm_type, a.renorm_min)
-    recs = render_split(a.checkpoint, a.shards, a.out, s, a.split, a.limit, a.seed)
+    recs = render_split(a.checkpoint, a.shards, a.out, s, a.split, a.limit, a.seed, a.dtype)
     log.info("wrote %d images and contact_sheet.png to %s", len(recs), a.out)
     return 0 if recs else 1
