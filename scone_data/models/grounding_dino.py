@@ -154,6 +154,22 @@ def prepare_image(image: np.ndarray, size: int = 800, max_size: int = 1333) -> t
     return tf(Image.fromarray(image), None)[0]
 
 
+def resize_image(image: np.ndarray, size: int = 800, max_size: int = 1333, pin: bool = False) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> hxwx3 uint8 tensor, resized exactly as :func:`prepare_image` resizes.
+
+    The fast half of :func:`prepare_image`: upstream's own ``resize`` (PIL bilinear, short side
+    ``size``, long side <= ``max_size``) on the uint8 image, leaving the float conversion and the
+    normalisation to :meth:`GroundingDinoPredictor.normalize` on the model's device, where they are
+    cheap (on the host they were half of the preparation time at 1080x1440), and a quarter of the
+    bytes to copy there. ``pin``: page-locked memory, so that copy to a GPU can run asynchronously.
+    """
+    import groundingdino.datasets.transforms as T
+    from PIL import Image
+
+    out = torch.from_numpy(np.array(T.resize(Image.fromarray(image), None, size, max_size)[0]))
+    return out.pin_memory() if pin else out
+
+
 def preprocess_caption(caption: str) -> str:
     """Upstream's caption normalisation: lower case, stripped, ending in '.'."""
     c = caption.lower().strip()
@@ -172,6 +188,8 @@ class GroundingDinoPredictor:
         self.device = torch.device(device)
         self.bf16 = bf16
         self.tokenizer = model.tokenizer
+        self._mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(3, 1, 1)
+        self._std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(3, 1, 1)
         self._text_cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self.text_cache_hits = 0
 
@@ -238,11 +256,27 @@ class GroundingDinoPredictor:
             "text_self_attention_masks": smask,
         }
 
+    def normalize(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:func:`resize_image` outputs -> what :func:`prepare_image` gives, on the model's device.
+
+        The same float32 operations as upstream's ToTensor and Normalize (/255, -mean, /std), so the
+        result is the same; asynchronous from pinned memory (no host/device sync).
+        """
+        return [
+            im.to(self.device, non_blocking=True)
+            .permute(2, 0, 1)
+            .to(torch.float32, memory_format=torch.contiguous_format)
+            .div_(255)
+            .sub_(self._mean)
+            .div_(self._std)
+            for im in images
+        ]
+
     @torch.no_grad()
     def forward_torch(self, images: list[torch.Tensor], captions: list[list[str]]) -> list[list[dict]]:
         """Raw outputs for every (image, caption) pair.
 
-        images: prepared 3xhxw tensors (:func:`prepare_image`), padded into one batch with a mask;
+        images: prepared 3xhxw tensors (:func:`prepare_image` or :meth:`normalize`), padded into one batch with a mask;
         captions: per image, normalised captions (each <= 256 tokens). Returns per image, per caption
         ``{"logits": (nq, L) sigmoid probabilities over that caption's tokens, "boxes": (nq, 4)
         normalised cxcywh}``, boxes relative to the image's own (unpadded) size.

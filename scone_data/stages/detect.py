@@ -14,12 +14,30 @@ the label is the prompt label whose tokens score highest and must clear ``text_t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import lru_cache
+from typing import Any, ClassVar
 
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
 from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
+
+
+@dataclass(frozen=True)
+class _PromptSet:
+    """One label list's prompt chunks and what ``_detections`` needs of them, computed once per list.
+
+    ``names``: every label of the chunks, sorted; ``ranks[c]``: chunk c's spans -> index in names;
+    ``columns[c]``: chunk c's tokens -> its span index (``len(spans)`` for tokens outside every span);
+    ``input_ids[c]``: chunk c's tokens, for phrases. Tensors live on the model's device.
+    """
+
+    prompts: list
+    names: list[str]
+    ranks: list[Any]
+    columns: list[Any]
+    input_ids: list[list[int]]
 
 
 @dataclass
@@ -91,22 +109,39 @@ class GroundingDinoDetector(ModelStage):
         self._pred = GroundingDinoPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
         self._matcher = None if self.labels is not None else PhraseMatcher.from_names(list(self.vocabularies))
         self._max_tokens = MAX_TEXT_LEN
-        self._prompt_cache: dict[tuple[str, ...], list] = {}
+        self._prompt_cache: dict[tuple[str, ...], _PromptSet] = {}
+        # Phrases repeat (the same label's tokens, or every token at text_threshold 0): decode each once.
+        self._phrase = lru_cache(maxsize=1 << 16)(
+            lambda ids: self._pred.tokenizer.decode(list(ids)).replace(".", "").strip()
+        )
+        # Resizes the next chunk's images while the device runs the current one (PIL releases the GIL).
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdino-prep")
 
-    def _prompts(self, labels: list[str]):
+    def _prompts(self, labels: list[str]) -> _PromptSet:
+        import torch
+
         from scone_data.models.vocab import build_prompts
 
         key = tuple(labels)
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = build_prompts(labels, self._pred.tokenizer, self._max_tokens)
+            tok, dev = self._pred.tokenizer, self._pred.device
+            prompts = build_prompts(labels, tok, self._max_tokens)
+            names = sorted({lab for p in prompts for lab, _, _ in p.spans})
+            ids = [tok(p.caption)["input_ids"] for p in prompts]
+            columns = []
+            for p, t in zip(prompts, ids):
+                col = torch.full((len(t),), len(p.spans), dtype=torch.long)
+                for k, (_, a, b) in enumerate(p.spans):
+                    col[a:b] = k
+                columns.append(col.to(dev))
+            ranks = [torch.tensor([names.index(lab) for lab, _, _ in p.spans], device=dev) for p in prompts]
+            self._prompt_cache[key] = _PromptSet(prompts, names, ranks, columns, ids)
         return self._prompt_cache[key]
 
     def process(self, batch: Batch) -> Batch:
-        from scone_data.models.grounding_dino import prepare_image
-
         n = len(batch["status"])
         subjects = [[] if s is None else list(s) for s in batch.get("subjects", [None] * n)]
-        todo: list[tuple[int, list]] = []
+        todo: list[tuple[int, _PromptSet]] = []
         for i in range(n):
             img = batch["image"][i]
             if not is_rgb_uint8(img):
@@ -122,55 +157,74 @@ class GroundingDinoDetector(ModelStage):
             labels = [x.strip().lower() for x in labels]
             if labels:
                 todo.append((i, self._prompts(labels)))
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            images = [prepare_image(batch["image"][i], self.image_size, self.max_size) for i, _ in chunk]
-            raw = self._pred.forward_torch(images, [[p.caption for p in prompts] for _, prompts in chunk])
-            for (i, prompts), outs in zip(chunk, raw):
+        chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        nxt = self._prep_pool.submit(self._resize, batch["image"], chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            resized = nxt.result()
+            if k + 1 < len(chunks):
+                nxt = self._prep_pool.submit(self._resize, batch["image"], chunks[k + 1])
+            images = self._pred.normalize(resized)
+            raw = self._pred.forward_torch(images, [[p.caption for p in ps.prompts] for _, ps in chunk])
+            for (i, ps), outs in zip(chunk, raw):
                 h, w = batch["image"][i].shape[:2]
-                subjects[i].extend(self._detections(prompts, outs, w, h))
+                subjects[i].extend(self._detections(ps, outs, w, h))
         batch["subjects"] = subjects
         return batch
 
-    def _detections(self, prompts, outs, width: int, height: int) -> list[dict]:
-        """Threshold, label and merge the raw outputs of one image's prompt chunks."""
+    def _resize(self, images: list, chunk: list[tuple[int, _PromptSet]]) -> list:
+        """The host half of image preparation (runs in the prep thread); pinned when feeding a GPU."""
+        from scone_data.models.grounding_dino import resize_image
+
+        pin = self._pred.device.type == "cuda"
+        return [resize_image(images[i], self.image_size, self.max_size, pin=pin) for i, _ in chunk]
+
+    def _detections(self, ps: _PromptSet, outs: list[dict], width: int, height: int) -> list[dict]:
+        """Threshold, label and merge the raw outputs of one image's prompt chunks.
+
+        Up to the final selection everything stays on the model's device (syncs: the threshold's
+        nonzero, NMS, and one copy of the survivors to the host); only the survivors get a phrase, as
+        decoding one for each of up to 900 queries above low thresholds cost more than the model.
+        Labels are numbered as ``sorted(set(kept labels))`` would number them, so batched NMS sees
+        the same class ids (its coordinate offsets depend on them) and keeps the same boxes.
+        """
+        import numpy as np
         import torch
-        from groundingdino.util.utils import get_phrases_from_posmap
+        from torch.nn import functional as F
         from torchvision.ops import batched_nms, box_convert, nms
 
-        tok = self._pred.tokenizer
-        boxes, scores, labels, phrases = [], [], [], []
-        for prompt, o in zip(prompts, outs):
+        tt = self.text_threshold
+        nq, width_l = outs[0]["logits"].shape[0], max(o["logits"].shape[1] for o in outs)
+        scores, lab_scores, labs, boxes, posmaps = [], [], [], [], []
+        for col, rank, o in zip(ps.columns, ps.ranks, outs):
             probs = o["logits"]
-            score = probs.max(dim=1)[0]
-            spans = torch.zeros(len(prompt.spans), probs.shape[1], dtype=torch.bool, device=probs.device)
-            for k, (_, a, b) in enumerate(prompt.spans):
-                spans[k, a:b] = True
-            lab_score, lab = (probs[:, None, :] * spans).amax(dim=-1).max(dim=1)
-            keep = (score > self.box_threshold) & (lab_score > self.text_threshold)
-            if not keep.any():
-                continue
-            ids = tok(prompt.caption)
-            for lg in probs[keep].cpu():
-                phrases.append(
-                    get_phrases_from_posmap(lg > self.text_threshold, ids, tok).replace(".", "").strip()
-                )
-            labels += [prompt.spans[k][0] for k in lab[keep].tolist()]
-            boxes.append(o["boxes"][keep])
-            scores.append(score[keep])
-        if not boxes:
+            n = probs.shape[1]
+            # Best token of each span (max with 0, as the masked product's amax gave); last column: no span.
+            per_span = probs.new_zeros(nq, len(rank) + 1)
+            per_span.scatter_reduce_(1, col[:n].expand(nq, n), probs, "amax")
+            lab_score, lab = per_span[:, :-1].max(dim=1)
+            scores.append(probs.max(dim=1)[0])
+            lab_scores.append(lab_score)
+            labs.append(rank[lab])
+            boxes.append(o["boxes"])
+            posmaps.append(F.pad(probs, (0, width_l - n)) > tt)  # padding 0 is never > tt >= 0
+        score = torch.cat(scores)
+        idx = ((score > self.box_threshold) & (torch.cat(lab_scores) > tt)).nonzero()[:, 0]
+        if not len(idx):
             return []
-        size = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes[0].device)
-        xyxy = box_convert(torch.cat(boxes) * size, "cxcywh", "xyxy")
+        size = torch.tensor([width, height, width, height], dtype=torch.float32, device=score.device)
+        xyxy = box_convert(torch.cat(boxes)[idx] * size, "cxcywh", "xyxy")
         xyxy = torch.minimum(xyxy.clamp_min(0), size)  # model boxes may spill past the border
-        sc = torch.cat(scores)
-        names = sorted(set(labels))
-        lab_idx = torch.tensor([names.index(x) for x in labels], device=sc.device)
-        keep = batched_nms(xyxy, sc, lab_idx, self.nms_iou)
+        sc, rank = score[idx], torch.cat(labs)[idx]
+        present = torch.zeros(len(ps.names), dtype=torch.long, device=sc.device).index_fill_(0, rank, 1)
+        keep = batched_nms(xyxy, sc, present.cumsum(0)[rank] - 1, self.nms_iou)
         keep = keep[nms(xyxy[keep], sc[keep], self.dedup_iou)][: self.max_detections]
-        xyxy, sc = xyxy[keep].cpu().tolist(), sc[keep].cpu().tolist()
-        return [
-            {"label": labels[k], "box_xyxy": [float(v) for v in b], "det_score": float(s),
-             "det_source": "groundingdino", "phrase": phrases[k]}
-            for k, b, s in zip(keep.tolist(), xyxy, sc)
-        ]  # fmt: skip
+        # One copy to the host; the integer columns ride along exactly (float32 is exact below 2**24).
+        cols = [xyxy[keep], sc[keep, None], rank[keep, None].float(), idx[keep, None].float()]
+        host = torch.cat(cols + [torch.cat(posmaps)[idx[keep]].float()], dim=1).cpu().numpy()
+        out = []
+        for row, b, s in zip(host, host[:, :4].tolist(), host[:, 4].tolist()):
+            ids = ps.input_ids[int(row[6]) // nq]  # flat index -> its prompt chunk
+            phrase = self._phrase(tuple(ids[t] for t in np.flatnonzero(row[7:])))
+            out.append({"label": ps.names[int(row[5])], "box_xyxy": b, "det_score": s,
+                        "det_source": "groundingdino", "phrase": phrase})  # fmt: skip
+        return out
