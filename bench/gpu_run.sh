@@ -13,11 +13,12 @@ SMOKE=""
 OUT=${OUT:-bench/out/gpu}
 LIMIT=${GPU_BENCH_LIMIT_S:-180}
 mkdir -p "$OUT"
-# scone_data._schemas and scone_train are package-dir mappings in pyproject.toml; mirror them.
-[ -e scone_data/_schemas ] || ln -s ../schemas scone_data/_schemas
+# scone_data._schemas and scone_train are package-dir mappings in pyproject.toml; mirror them
+# (the _schemas link only where no install maps it already, i.e. on the bare tree).
 links=$(mktemp -d)
 ln -s "$PWD/training" "$links/scone_train"
 export PYTHONPATH="$PWD:$links${PYTHONPATH:+:$PYTHONPATH}"
+python -c "import scone_data._schemas" 2>/dev/null || ln -sfn ../schemas scone_data/_schemas
 A=${GPU_ASSETS:-.whl/assets}  # bench/gpu_assets.py
 rm -f "$OUT/rc.txt"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; date -u;
