@@ -6,7 +6,7 @@ every stage in order; both executors call these two:
 - ``local``: units one after another in this process (tests, the GPU machine without Ray, small jobs).
 - ``ray``: Ray Data. Consecutive CPU stages are fused with the reader into one actor pool (no
   object-store hop between them, and no CPU-actor deadlock on small machines); each GPU stage gets
-  its own actor pool with the ``num_gpus`` the stage declares. The driver receives finished rows,
+  its own actor pool with the GPUs :func:`gpu_requests` gives it (``auto``: a share of each GPU). The driver receives finished rows,
   reassembles units and hands each complete unit to ``on_unit`` (which writes it and marks the
   ledger), so a unit is recorded only when every one of its rows is on disk.
 """
@@ -53,15 +53,67 @@ def run_stages(stages: list[Stage], batch: Batch) -> Batch:
     return batch
 
 
-def split_segments(stages: list[Stage]) -> list[list[Stage]]:
-    """Group consecutive stages by whether they need a GPU (each GPU stage stands alone)."""
+def gpu_requests(stages: list[Stage], cluster_gpus: float) -> list[float]:
+    """GPUs each stage's Ray workers ask for, on a cluster with ``cluster_gpus`` GPUs in all.
+
+    A model stage's ``num_gpus: auto`` is decided by the cluster, not by the driver's own CUDA (a
+    head node often has none): 0 on a cluster without GPUs; else an equal share of one GPU among the
+    pipeline's ``auto`` stages, so detect and segment share each GPU. At 1.0 each, a one-GPU machine
+    could start only one of the two actor pools and the run would wait forever. Explicit numbers are
+    kept; a set of requests that cannot all be placed at once (each pool needs one actor running) is
+    refused here with the fix, instead of hanging.
+    """
+    auto = [getattr(st, "num_gpus", None) == "auto" for st in stages]
+    share = 1.0 / sum(auto) if any(auto) and cluster_gpus > 0 else 0.0
+    out = [share if a else float(st.resources().get("num_gpus", 0)) for st, a in zip(stages, auto)]
+    if not _fits(out, cluster_gpus):
+        asked = ", ".join(f"{st.name}.num_gpus={r:g}" for st, r in zip(stages, out) if r > 0)
+        from scone_data.runtime.config import ConfigError
+
+        raise ConfigError(
+            [
+                f"GPU requests {asked} cannot all run at once on this Ray cluster's {cluster_gpus:g} GPU(s) "
+                "(every GPU stage needs one worker at a time); set them to auto, or to fractions that fit "
+                "(e.g. 0.5 each to share one GPU)"
+            ]
+        )
+    return out
+
+
+def _fits(requests: list[float], cluster_gpus: float) -> bool:
+    """Whether one worker per request can be placed: fractions packed first-fit-decreasing into
+    whole GPUs, requests above 1 taking whole GPUs."""
+    free = [1.0] * int(cluster_gpus)
+    for r in sorted((r for r in requests if r > 0), reverse=True):
+        if r > 1:
+            whole = -(-r // 1)
+            idle = [i for i, f in enumerate(free) if f == 1.0][: int(whole)]
+            if len(idle) < whole:
+                return False
+            for i in idle:
+                free[i] = 0.0
+            continue
+        i = next((i for i, f in enumerate(free) if f + 1e-9 >= r), None)
+        if i is None:
+            return False
+        free[i] -= r
+    return True
+
+
+def split_segments(stages: list[Stage], requests: list[float] | None = None) -> list[list[Stage]]:
+    """Group consecutive stages by whether they need a GPU (each GPU stage stands alone).
+    ``requests``: GPUs per stage (:func:`gpu_requests`); default: what each stage declares."""
+    if requests is None:
+        requests = [st.resources().get("num_gpus", 0) for st in stages]
     segs: list[list[Stage]] = []
-    for st in stages:
-        gpu = st.resources().get("num_gpus", 0) > 0
-        if gpu or not segs or segs[-1][-1].resources().get("num_gpus", 0) > 0:
+    prev_gpu = False
+    for st, r in zip(stages, requests):
+        gpu = r > 0
+        if gpu or not segs or prev_gpu:
             segs.append([st])
         else:
             segs[-1].append(st)
+        prev_gpu = gpu
     return segs
 
 
@@ -101,10 +153,13 @@ def run_ray(
     # One block per unit so Ray can spread units over the actor pool; refs travel as JSON.
     items = [{"unit": u, "refs": transport.encode({"refs": [refs]})["refs"][0]} for u, refs in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    segs = split_segments(stages)
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    requests = dict(zip(map(id, stages), gpu_requests(stages, cluster_gpus)))
+    segs = split_segments(stages, [requests[id(st)] for st in stages])
     for i, seg in enumerate(segs):
-        gpus = seg[0].resources().get("num_gpus", 0)
-        size = max(1, int(ray.available_resources().get("GPU", 1))) if gpus else cpu_workers
+        gpus = requests[id(seg[0])]
+        # one actor per GPU (a fraction shares it with the other GPU stages' actors)
+        size = max(1, int(cluster_gpus)) if gpus else cpu_workers
         ds = ds.map_batches(
             _RaySegment,
             fn_constructor_kwargs={

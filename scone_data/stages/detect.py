@@ -60,7 +60,7 @@ class GroundingDinoDetector(ModelStage):
     batch_size: int = 8
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_gpus: str | float = "auto"  # what the stage asks Ray for; auto -> 1 if CUDA is visible
+    num_gpus: str | float = "auto"  # GPUs per Ray worker; auto: a share of each GPU (executor.gpu_requests)
     skip_annotated: bool = True  # rows whose subjects came with annotations are not detected
     verify_sha256: bool = True
     seed: int = 0  # initialises the tiny preset

@@ -81,7 +81,7 @@ class SamSegmenter(ModelStage):
     attention: str = "flash"  # flash (rel-pos folded into q/k, no mask) | bias (additive mask) | upstream (segment-anything's own)
     compile: bool = False  # torch.compile the image encoder (GPU; first batch pays the compile)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_gpus: str | float = "auto"  # what the stage asks Ray for; auto -> 1 if CUDA is visible
+    num_gpus: str | float = "auto"  # GPUs per Ray worker; auto: a share of each GPU (executor.gpu_requests)
     verify_sha256: bool = True
     seed: int = 0  # initialises the tiny preset
 
