@@ -51,11 +51,11 @@ from scone_train.llm import LLMConfig, Qwen2MoTForCausalLM  # noqa: E402
 
 # GPU presets, both ~1-1.5B parameters in the decoder with both experts (embeddings and lm_head
 # excluded: the trainer never runs them for these samples):
-# - wide: Qwen2-1.5B shapes per expert (hidden 1536), 14 layers: 1.31B, 0.65B active per token;
+# - wide: Qwen2-1.5B shapes per expert (hidden 1536), 12 layers: 1.12B, 0.56B active per token;
 # - deep: Qwen2-0.5B shapes per expert (hidden 896), 24 layers: 0.72B, 0.36B active per token.
 # Wider matmuls keep the GPU busier, so `wide` is the default; `deep` shows how MFU falls with width.
 PRESETS = {
-    "wide": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=14, num_attention_heads=12,
+    "wide": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=2, vocab_size=151936),
     "deep": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936),
@@ -253,6 +253,29 @@ def active_matmul_params(cfg: LLMConfig) -> int:
     return cfg.num_hidden_layers * (attn + 3 * h * i) + h * LATENT_DIM
 
 
+def measure(model, head, opt, samples, budget, steps, warmup, device, bf16, backend, cfg, n_active, peak):
+    """Packed and padded runs over the same samples: ({mode: result}, seconds to build the batches)."""
+    t0 = time.perf_counter()
+    modes = {"packed": packed_batches(samples, budget, device, backend),
+             "padded": padded_batches(samples, budget, device)}  # fmt: skip
+    build_s = time.perf_counter() - t0
+    results = {}
+    for name, batches in modes.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        r = run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg)
+        attn_flops = (
+            3 * 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * r["visible_pairs"]
+        )
+        flops = 6 * n_active * r["useful_tokens"] + attn_flops
+        r["model_flops_per_s"] = flops / r["seconds"]
+        r["mfu"] = r["model_flops_per_s"] / peak
+        r["attention_flop_share"] = attn_flops / flops
+        r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        results[name] = r
+    return results, build_s
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (fp32, dense attention)")
@@ -285,22 +308,18 @@ def main(argv=None) -> int:
     n_active = active_matmul_params(cfg)
 
     samples = make_samples(shapes, a.samples or (16 if a.smoke else 64), seed=0)
-    t0 = time.perf_counter()
-    modes = {"packed": packed_batches(samples, shapes["budget"], device, backend),
-             "padded": padded_batches(samples, shapes["budget"], device)}  # fmt: skip
-    build_s = time.perf_counter() - t0
-    results = {}
-    for name, batches in modes.items():
-        r = run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg)
-        attn_flops = (
-            3 * 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * r["visible_pairs"]
-        )
-        flops = 6 * n_active * r["useful_tokens"] + attn_flops
-        r["model_flops_per_s"] = flops / r["seconds"]
-        r["mfu"] = r["model_flops_per_s"] / peak
-        r["attention_flop_share"] = attn_flops / flops
-        r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        results[name] = r
+    while True:  # on running out of GPU memory, halve the token budget and say so in the report
+        try:
+            results, build_s = measure(model, head, opt, samples, shapes["budget"], steps, warmup, device, bf16,
+                                       backend, cfg, n_active, peak)  # fmt: skip
+            break
+        except torch.cuda.OutOfMemoryError:
+            if shapes["budget"] <= 2048:
+                raise
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            shapes = dict(shapes, budget=shapes["budget"] // 2)
+            print(f"out of GPU memory: retrying with a budget of {shapes['budget']} tokens", flush=True)
     speedup = results["packed"]["useful_tokens_per_s"] / results["padded"]["useful_tokens_per_s"]
     report = {
         "smoke": a.smoke,
