@@ -36,7 +36,8 @@ def test_guidance_matches_bagel_formulas():
     assert torch.equal(combine_cfg(v, vt, vi, 1.0, 2.0, "global", 0.0), v)  # BAGEL: no text CFG, no CFG
 
 
-def test_sample_cli_renders_split_deterministically(shards_dir, tmp_path):
+def _sample_args(shards_dir, tmp_path) -> list[str]:
+    """A tiny-preset checkpoint (a visible llm2vae, so outputs differ per sample) and the CLI args."""
     cfg = load_config(
         "training/configs/stage1_step1.yaml",
         ["preset=tiny", "model.path=null", f"data.shards=[{shards_dir}]"],
@@ -44,7 +45,11 @@ def test_sample_cli_renders_split_deterministically(shards_dir, tmp_path):
     model, vae, tok = build_model(cfg)
     torch.nn.init.normal_(model.llm2vae.weight, std=0.5, generator=torch.Generator().manual_seed(1))
     save_model_dir(tmp_path / "ck", model.state_dict(), model, vae, tok, cfg)
-    args = ["sample", str(tmp_path / "ck"), "--shards", str(shards_dir), "--steps", "3", "--limit", "2"]
+    return ["sample", str(tmp_path / "ck"), "--shards", str(shards_dir), "--steps", "3", "--limit", "2"]
+
+
+def test_sample_cli_renders_split_deterministically(shards_dir, tmp_path):
+    args = _sample_args(shards_dir, tmp_path)
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     outs = sorted((tmp_path / "a").glob("val*.png"))
@@ -63,14 +68,7 @@ def test_sample_with_bf16_weights_stays_close_to_fp32(shards_dir, tmp_path):
     """--dtype bf16 (the GPU default: half the memory) renders the same pictures up to bf16 rounding."""
     import numpy as np
 
-    cfg = load_config(
-        "training/configs/stage1_step1.yaml",
-        ["preset=tiny", "model.path=null", f"data.shards=[{shards_dir}]"],
-    )
-    model, vae, tok = build_model(cfg)
-    torch.nn.init.normal_(model.llm2vae.weight, std=0.5, generator=torch.Generator().manual_seed(1))
-    save_model_dir(tmp_path / "ck", model.state_dict(), model, vae, tok, cfg)
-    args = ["sample", str(tmp_path / "ck"), "--shards", str(shards_dir), "--steps", "3", "--limit", "2"]
+    args = _sample_args(shards_dir, tmp_path)
     assert main([*args, "--out", str(tmp_path / "fp32"), "--dtype", "fp32"]) == 0
     assert main([*args, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
     diffs, spreads = [], []
