@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from scone_data.pairs.config import TASKS
 
@@ -17,16 +18,22 @@ def _table(head: tuple[str, str], rows: list[tuple[str, int]], total: int | None
     return out
 
 
-def dataset_card(records: list[dict], rejects: Counter | dict) -> str:
+def dataset_card(records: Iterable[dict], rejects: Counter | dict) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
-    reference histogram, references per sample, and reject reasons (most frequent first)."""
-    n = len(records)
-    tasks = Counter(r["task"] for r in records)
-    splits = Counter(r["split"] for r in records)
-    labels = Counter(lb for r in records for ref in r["references"] for lb in ref["subject_label"])
-    cands = Counter(len(ref["candidates"]) for r in records for ref in r["references"])
-    kinds = Counter(ref["kind"] for r in records for ref in r["references"])
-    nrefs = Counter(len(r["references"]) for r in records)
+    reference histogram, references per sample, and reject reasons (most frequent first).
+
+    ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
+    n = 0
+    tasks, splits, labels, cands, kinds, nrefs = (Counter() for _ in range(6))
+    for r in records:
+        n += 1
+        tasks[r["task"]] += 1
+        splits[r["split"]] += 1
+        nrefs[len(r["references"])] += 1
+        for ref in r["references"]:
+            labels.update(ref["subject_label"])
+            cands[len(ref["candidates"])] += 1
+            kinds[ref["kind"]] += 1
     lines = [
         "# Dataset card",
         "",

@@ -326,7 +326,7 @@ def finalize(
         ],
     }
     schemas.validate("manifest", manifest)
-    records = [r for n in sorted(shard_stats) for r in iter_records(out / "shards" / f"{n}.tar")]
+    records = (r for n in sorted(shard_stats) for r in iter_records(out / "shards" / f"{n}.tar"))
     reasons = Counter(manifest["rejects"]) + pair_rejects
     write_bytes(out / "dataset_card.md", dataset_card(records, reasons).encode())
     # the manifest is written last: its presence means the whole output is complete
