@@ -41,8 +41,10 @@ _CFG_FILE = {
 }
 # Tiny preset (the text position encoding fixes the width at 256): 256-wide transformer with one encoder and one decoder layer, 50 queries, 2-layer
 # 32-wide BERT; every code path of the real model at a few ms per image on a CPU.
-_TINY_ARGS = dict(hidden_dim=256, nheads=8, dim_feedforward=256, enc_layers=1, dec_layers=1, num_queries=50,
-                  use_checkpoint=False, use_transformer_ckpt=False)  # fmt: skip
+_TINY_ARGS = dict(hidden_dim=256, nheads=8, dim_feedforward=256, enc_layers=1, dec_layers=1, num_queries=50)
+# The shipped configs turn on activation checkpointing (a training-time memory saving); for inference
+# it only re-enters torch.utils.checkpoint per block (and warns each time), so every preset turns it off.
+_INFERENCE_ARGS = dict(use_checkpoint=False, use_transformer_ckpt=False)
 _TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
@@ -78,9 +80,8 @@ def _gdino_args(arch: str):
 
     cfg = resources.files("groundingdino").joinpath("config", _CFG_FILE[arch])
     args = SLConfig.fromfile(str(cfg))
-    if arch == "tiny":
-        for k, v in _TINY_ARGS.items():
-            setattr(args, k, v)
+    for k, v in (_TINY_ARGS | _INFERENCE_ARGS if arch == "tiny" else _INFERENCE_ARGS).items():
+        setattr(args, k, v)
     return args
 
 

@@ -97,3 +97,19 @@ def test_attention_flop_count_matches_the_trainer_mask():
 
     samples = make_samples(TINY_SHAPES, 4, seed=1)
     assert visible_pairs(samples) == visible_pairs_by_mask(samples)
+
+
+def test_fp32_smoke_run_finds_the_naive_loops_boxes_and_masks(tmp_path):
+    """In fp32 our batched stages reproduce the naive upstream loop end to end: the same top-4 boxes
+    (the detector is tempered so they are not picked among tied scores) and the same masks."""
+    pytest.importorskip("groundingdino")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_detect_segment", ROOT / "bench" / "gpu_detect_segment.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--smoke", "--no-bf16", "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    assert res["box_match_rate"] == 1.0
+    assert res["mask_iou_min"] >= 0.999 and res["mask_iou_same_boxes_min"] >= 0.999
