@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from gpu_common import matmul_peak, sync  # noqa: E402
 
 LABELS = ["person", "dog", "cat", "cup", "chair", "bicycle", "car", "rocket"]
 TOP_K = 4  # boxes per image, as in the target's naive loop
@@ -67,11 +71,6 @@ def _temper(gd, scale: float = 0.1):
     return gd
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _naive(gd, sam, images, dev, size, max_size):
     """Upstream Grounded-SAM, one image at a time, fp32. Returns (seconds, per-image (boxes, masks))."""
     from groundingdino.util.inference import predict
@@ -83,7 +82,7 @@ def _naive(gd, sam, images, dev, size, max_size):
     caption = " . ".join(LABELS) + " ."
     pred = SamPredictor(sam)
     out = []
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for img in images:
         h, w = img.shape[:2]
@@ -96,7 +95,7 @@ def _naive(gd, sam, images, dev, size, max_size):
         masks, iou, _ = pred.predict_torch(None, None, boxes=tb, multimask_output=True)
         best = iou.argmax(1)
         out.append((xyxy.numpy(), masks[torch.arange(len(best)), best].cpu().numpy()))
-    _sync(dev)
+    sync(dev)
     return time.perf_counter() - t0, out
 
 
@@ -105,13 +104,13 @@ def _ours(det, seg, images, dev, batch):
     for st in (det, seg):  # load models outside the timed region, as a long-running worker would
         st.setup()
         st._ready = True
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     out = {"subjects": []}
     for s in range(0, len(images), batch):
         part = {k: v[s : s + batch] for k, v in rows.items()}
         out["subjects"] += seg(det(part))["subjects"]
-    _sync(dev)
+    sync(dev)
     return time.perf_counter() - t0, out["subjects"]
 
 
@@ -119,14 +118,14 @@ def _components(det, seg, images, dev, batch) -> tuple[float, float]:
     """Images/s of the detector alone and of the segmenter alone (on the detector's boxes)."""
     rows = {"image": images, "caption": [None] * len(images), "subjects": [[] for _ in images]}
     parts = [{k: v[s : s + batch] for k, v in rows.items()} for s in range(0, len(images), batch)]
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     dets = [det(p) for p in parts]
-    _sync(dev)
+    sync(dev)
     t1 = time.perf_counter()
     for d in dets:
         seg(d)
-    _sync(dev)
+    sync(dev)
     t2 = time.perf_counter()
     return len(images) / (t1 - t0), len(images) / (t2 - t1)
 
@@ -193,29 +192,16 @@ def _encoder_modes(seg, dev, batch, iters, modes) -> dict:
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=pred.bf16):
                 for _ in range(2):
                     enc(x)  # warm-up (and compile, if on)
-                _sync(dev)
+                sync(dev)
                 t0 = time.perf_counter()
                 for _ in range(iters):
                     enc(x)
-                _sync(dev)
+                sync(dev)
             out[mode] = batch * iters / (time.perf_counter() - t0)
     finally:
         for m, cls in own:
             m.__class__ = cls
     return out
-
-
-def _matmul_peak(dev, n, iters):
-    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    _sync(dev)
-    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
 
 def main(argv=None) -> dict:
@@ -295,7 +281,7 @@ def main(argv=None) -> dict:
     enc_ips_by_mode = _encoder_modes(seg, dev, batch, enc_iters, modes)
     enc_ips = enc_ips_by_mode[seg.attention]
     enc_tflop_per_img, enc_tflops = flops_img / 1e12, flops_img * enc_ips / 1e12
-    peak = _matmul_peak(dev, mm_n, 10 if dev.type == "cuda" else 2)
+    peak = matmul_peak(dev, torch.bfloat16, mm_n, 10 if dev.type == "cuda" else 2) / 1e12
     ious, match = _mask_ious(naive, ours)
     # Segmenter fidelity on identical boxes: with random weights many detector scores tie (saturate),
     # so the end-to-end top-4 may pick other boxes than the naive loop; this isolates SAM's masks.

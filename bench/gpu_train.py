@@ -46,6 +46,8 @@ except (
     sys.modules["scone_train"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["scone_train"])
 
+sys.path.insert(0, str(ROOT / "bench"))
+from gpu_common import matmul_peak, sync  # noqa: E402
 from scone_train.attention import allowed, build_attention, token_layout  # noqa: E402
 from scone_train.llm import LLMConfig, Qwen2MoTForCausalLM  # noqa: E402
 
@@ -198,24 +200,6 @@ def padded_batches(samples, budget, device):
     return res
 
 
-def measure_peak(device, dtype, n: int, iters: int) -> float:
-    """Achieved matmul FLOP/s of an n x n x n product in `dtype` (the MFU denominator)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t0)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg: LLMConfig) -> dict:
     H = cfg.hidden_size
     g = torch.Generator(device=device).manual_seed(0)
@@ -225,7 +209,7 @@ def run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg: LLMCon
         L = ix["seq_len"]
         x = torch.randn(L, H, device=device, generator=g)
         target = torch.randn(len(ix["target"]), LATENT_DIM, device=device, generator=g)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pos = torch.arange(L, device=device)
@@ -234,7 +218,7 @@ def run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg: LLMCon
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         if k >= warmup:
             times.append(time.perf_counter() - t0)
             useful += n_useful
@@ -295,7 +279,7 @@ def main(argv=None) -> int:
     steps, warmup = a.steps or (2 if a.smoke else 20), a.warmup or (1 if a.smoke else 5)
     bf16, backend = cuda, "flex" if cuda else "dense"
     torch.manual_seed(0)
-    peak = measure_peak(
+    peak = matmul_peak(
         device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 256, 50 if cuda else 5
     )
 
