@@ -107,6 +107,14 @@ def _convert(node: dict[str, Any], value: Any, fn) -> Any:
     return value
 
 
+def reject_record(
+    stage: str, uri: str, image_id: str | None, reason: str, detail: str = ""
+) -> dict[str, Any]:
+    """One reject record (``reject.v1.json``): which stage refused which input, and why."""
+    return {"schema_version": SCHEMA_VERSION, "stage": stage, "uri": uri, "image_id": image_id,
+            "reason": reason, "detail": detail}  # fmt: skip
+
+
 def to_table(name: str, records: list[dict[str, Any]], check: bool = True) -> pa.Table:
     """Validate ``records`` and build a table with the schema's arrow types.
 

@@ -173,16 +173,8 @@ def import_dataset(
                             f"same images and instruction as an earlier row ({rec['key']})",
                         )
                 except RowReject as e:
-                    rejects.append(
-                        {
-                            "schema_version": SCHEMA_VERSION,
-                            "stage": "import",
-                            "uri": uri,
-                            "image_id": None,
-                            "reason": e.reason,
-                            "detail": e.detail[:200],
-                        }
-                    )
+                    # details quote the offending row; 200 characters name the problem without copying the row
+                    rejects.append(schemas.reject_record("import", uri, None, e.reason, e.detail[:200]))
                     bar.update()
                     continue
                 if writer is None:

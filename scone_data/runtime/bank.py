@@ -44,27 +44,14 @@ def unit_tables(batch: Batch) -> dict[str, pa.Table]:
     for i in order:
         uri, image_id = batch["uri"][i], batch.get("image_id", [None] * n)[i]
         for sr in batch.get("subject_rejects", [None] * n)[i] or []:
+            detail = f"{sr.get('label', '')} {sr.get('detail', '')}".strip()
             rejects.append(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "stage": "subjects",
-                    "uri": uri,
-                    "image_id": image_id,
-                    "reason": f"subject_{sr['reason']}",
-                    "detail": f"{sr.get('label', '')} {sr.get('detail', '')}".strip(),
-                }
+                schemas.reject_record("subjects", uri, image_id, f"subject_{sr['reason']}", detail)
             )
         if batch["status"][i] != OK:
             code, detail = _split_reason(batch["reason"][i])
             rejects.append(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "stage": batch["rejected_by"][i] or "source",
-                    "uri": uri,
-                    "image_id": image_id,
-                    "reason": code,
-                    "detail": detail,
-                }
+                schemas.reject_record(batch["rejected_by"][i] or "source", uri, image_id, code, detail)
             )
             continue
         rec = {
@@ -139,16 +126,8 @@ class Bank:
         for part in _parts(self.root, "rejects"):
             out.extend(schemas.from_table("reject", pq.read_table(part)))
         for rec in self.duplicates:
-            out.append(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "stage": "bank",
-                    "uri": rec["uri"],
-                    "image_id": rec["image_id"],
-                    "reason": "duplicate_image",
-                    "detail": f"same bytes/id as {self.images[rec['image_id']]['uri']}",
-                }
-            )
+            detail = f"same bytes/id as {self.images[rec['image_id']]['uri']}"
+            out.append(schemas.reject_record("bank", rec["uri"], rec["image_id"], "duplicate_image", detail))
         return out
 
 

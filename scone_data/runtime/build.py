@@ -151,19 +151,8 @@ def run_bank_phase(
     units = plan_units(sources, rt.unit_size)
     todo = [u for u in units if not ledger.done(f"unit-{u[0]:05d}")]
     for i, src in enumerate(sources):  # source-level rejects (e.g. COCO annotations of unknown images)
-        extra = getattr(src, "source_rejects", lambda: [])()
-        if extra and not ledger.done(f"source-{i:03d}"):
-            recs = [
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "stage": "source",
-                    "uri": r.get("uri", src.name),
-                    "image_id": r.get("image_id"),
-                    "reason": r["reason"],
-                    "detail": r.get("detail", ""),
-                }
-                for r in extra
-            ]
+        recs = src.source_rejects()  # complete reject records (Source.source_rejects' contract)
+        if recs and not ledger.done(f"source-{i:03d}"):
             write_extra_rejects(out, f"source-{i:03d}", recs)
             ledger.mark(f"source-{i:03d}", {"rejects": len(recs)})
     log.info(

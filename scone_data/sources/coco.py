@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from scone_data import SCHEMA_VERSION
+from scone_data import schemas
 from scone_data.imageio import sanitize_id
 from scone_data.sources.base import (
     MAX_FILE_BYTES,
@@ -177,8 +177,7 @@ class CocoSource(Source):
         return sanitize_id(f"{self.name}-{coco_id}")
 
     def _orphan(self, uri: str, image_id: str | None, reason: str, detail: str) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "stage": "source", "uri": uri, "image_id": image_id,
-                "reason": reason, "detail": detail}  # fmt: skip
+        return schemas.reject_record("source", uri, image_id, reason, detail)
 
     def orphan_annotations(self) -> list[dict]:
         """Annotations that attach to no image, as reject records (reject.v1.json), in json order."""
