@@ -11,6 +11,7 @@ left where a reader could see it. Returns every problem found (empty list = vali
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections import Counter
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from scone_data import schemas
 from scone_data.shards.files import TMP_PREFIX
+from scone_data.shards.writer import _padded
 
 MAX_PROBLEMS_PER_SHARD = 20  # past this a shard is clearly broken; more lines would bury the others
 
@@ -42,7 +44,7 @@ def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[lis
     end: dict[str, int] = {}
     order: list[str] = []
     try:
-        with tarfile.open(tar_path, "r:") as tf:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:  # the bytes just hashed: one read
             for m in tf:
                 if not m.isfile():
                     problems.append(f"{name}: member {m.name} is not a regular file")
@@ -57,7 +59,7 @@ def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[lis
                 if ext in groups[key]:
                     problems.append(f"{name}: duplicate member {m.name}")
                 groups[key][ext] = tf.extractfile(m).read()
-                end[key] = m.offset_data + (m.size + 511) // 512 * 512
+                end[key] = m.offset_data + _padded(m.size)
     except (tarfile.TarError, OSError, EOFError) as e:
         return problems + [f"{name}: unreadable tar ({e})"], tasks, 0
     for key in order:
