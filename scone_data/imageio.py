@@ -196,13 +196,33 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def _pycoco_rle(rle: dict) -> dict:
+    """A compressed RLE with ``str`` or ``bytes`` counts -> pycocotools' own form (``bytes`` counts)."""
+    counts = rle["counts"]
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
+
+
+def rle_counts_str(rle: dict) -> str:
+    """The counts of a compressed RLE as ``str`` (how records store them)."""
+    counts = rle["counts"]
+    return counts.decode("ascii") if isinstance(counts, bytes) else counts
+
+
 def rle_to_mask(rle: dict) -> np.ndarray:
     """COCO RLE (compressed ``str``/``bytes`` counts) -> (H, W) bool mask."""
     from pycocotools import mask as mask_utils
 
-    counts = rle["counts"]
-    obj = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(obj).astype(bool)
+    return mask_utils.decode(_pycoco_rle(rle)).astype(bool)
+
+
+def rle_area(rle: dict) -> int:
+    """Pixels set in a compressed RLE, counted on the runs (no decode)."""
+    from pycocotools import mask as mask_utils
+
+    return int(mask_utils.area(_pycoco_rle(rle)))
 
 
 def rle_counts_from_string(s: str | bytes) -> list[int]:

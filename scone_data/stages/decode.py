@@ -36,7 +36,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from scone_data.imageio import DecodeError, content_id, decode_image, rle_counts_from_string, sanitize_id
+from scone_data.imageio import (
+    DecodeError,
+    content_id,
+    decode_image,
+    rle_counts_from_string,
+    rle_counts_str,
+    sanitize_id,
+)
 from scone_data.stages.base import Batch, Stage, batch_len, reject
 
 # Untrusted polygons: at most this many vertices per annotation (COCO's largest have a few
@@ -158,11 +165,7 @@ def _one_subject(ann: Any, h: int, w: int, keep_crowd: bool) -> dict:
     box = _clip_box(box, h, w)
     out = {"label": label.strip(), "box_xyxy": box, "det_score": 1.0, "det_source": "annotation"}
     if rle is not None:
-        counts = rle["counts"]
-        out["mask_rle"] = {
-            "size": [h, w],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-        }
+        out["mask_rle"] = {"size": [h, w], "counts": rle_counts_str(rle)}
         out.update(mask_score=1.0, stability=1.0, mask_source="annotation")
     return out
 

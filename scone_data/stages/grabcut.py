@@ -13,16 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from scone_data.imageio import mask_to_rle
 from scone_data.stages.base import Batch, Stage
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """(H, W) bool -> compressed COCO RLE with ``counts`` as str."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
 
 GRABCUT_SEED = 12345
 
@@ -66,7 +59,7 @@ class GrabCutSegmenter(Stage):
             if s["mask_source"] == "box":
                 mask = full_box
             mask &= full_box
-            s["mask_rle"] = encode_mask(mask)
+            s["mask_rle"] = mask_to_rle(mask)
             s["mask_score"] = float(mask.sum()) / max(1, int(full_box.sum()))
             s["stability"] = 1.0
 

@@ -14,7 +14,7 @@ images of chunk k+1 (``SamBoxPredictor.prepare``, a PIL resize that releases the
 is prepared ahead, and results are taken in submission order, so outputs are those of a sequential
 run. Masks become RLE on their own device (segment-anything's ``mask_to_rle_pytorch``): only the run
 lengths travel to the host, where pycocotools compresses them into the same strings as
-:func:`encode_rle`.
+:func:`~scone_data.imageio.mask_to_rle`.
 """
 
 from __future__ import annotations
@@ -24,21 +24,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from scone_data.imageio import mask_to_rle
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
 from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
 
 
-def encode_rle(mask: np.ndarray) -> dict:
-    """HxW bool -> ``{"size": [h, w], "counts": str}`` (compressed COCO RLE)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def encode_rle_torch(masks) -> list[dict]:
-    """(N, H, W) bool tensor on any device -> per mask the same dict as :func:`encode_rle`.
+    """(N, H, W) bool tensor on any device -> per mask the same dict as :func:`~scone_data.imageio.mask_to_rle`.
 
     Run lengths are computed where the masks live (upstream ``mask_to_rle_pytorch``), so a GPU
     pipeline copies change positions to the host instead of full-size masks; pycocotools compresses.
@@ -136,7 +129,7 @@ class SamSegmenter(ModelStage):
                 box = _valid_box(s.get("box_xyxy"), w, h)
                 if box is None:
                     s.update(
-                        mask_rle=encode_rle(np.zeros((h, w), bool)),
+                        mask_rle=mask_to_rle(np.zeros((h, w), bool)),
                         mask_score=0.0,
                         stability=0.0,
                         mask_source="sam",

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from scone_data import SCHEMA_VERSION
+from scone_data.imageio import rle_area, rle_counts_str, rle_to_mask
 from scone_data.stages.base import Batch, Stage, reject
 
 # Hue ranges in OpenCV's 0..179 scale; the first match wins. Names are plain English on purpose:
@@ -127,12 +127,12 @@ class SubjectFilter(Stage):
                 reject(batch, i, "no_subjects")
         return batch
 
-    def _check(self, s: dict, mask: np.ndarray | None, h: int, w: int) -> str | None:
-        if mask is None:
+    def _check(self, s: dict, area: int | None, h: int, w: int) -> str | None:
+        if area is None:
             return "no_mask"
-        if mask.shape != (h, w):
+        if [int(v) for v in s["mask_rle"]["size"]] != [h, w]:
             return "mask_size_mismatch"
-        frac = float(mask.sum()) / (h * w)
+        frac = float(area) / (h * w)
         if frac < self.min_area_frac:
             return "too_small"
         if frac > self.max_area_frac:
@@ -152,22 +152,24 @@ class SubjectFilter(Stage):
 
     def _filter_image(self, image: np.ndarray, image_id: str, subjects: list[dict]):
         h, w = image.shape[:2]
-        kept, dropped, masks = [], [], []
+        kept, dropped, areas = [], [], []
         for s in subjects:
-            mask = mask_utils.decode(s["mask_rle"]).astype(bool) if s.get("mask_rle") else None
-            why = self._check(s, mask, h, w)
+            # Areas straight from the RLE (masks reaching here are well-formed: sources and model
+            # stages check or make them); only kept subjects are decoded, for their colour.
+            area = rle_area(s["mask_rle"]) if s.get("mask_rle") else None
+            why = self._check(s, area, h, w)
             if why:
                 dropped.append({"label": s.get("label", ""), "reason": why, "detail": ""})
             elif len(kept) >= self.max_subjects:
                 dropped.append({"label": s["label"], "reason": "too_many_subjects", "detail": ""})
             else:
                 kept.append(s)
-                masks.append(mask)
-        areas = [int(m.sum()) for m in masks]
+                areas.append(area)
         order = sorted(range(len(kept)), key=lambda j: (-areas[j], j))
         rank = {j: r for r, j in enumerate(order)}
         records = []
-        for j, (s, m) in enumerate(zip(kept, masks)):
+        for j, s in enumerate(kept):
+            m = rle_to_mask(s["mask_rle"])
             records.append(
                 {
                     "schema_version": SCHEMA_VERSION,
@@ -179,7 +181,7 @@ class SubjectFilter(Stage):
                     "det_source": s.get("det_source", "annotation"),
                     "mask_rle": {
                         "size": [int(v) for v in s["mask_rle"]["size"]],
-                        "counts": _counts_str(s["mask_rle"]),
+                        "counts": rle_counts_str(s["mask_rle"]),
                     },
                     "mask_score": float(min(max(s.get("mask_score", 1.0), 0.0), 1.0)),
                     "mask_source": s.get("mask_source", "annotation"),
@@ -193,8 +195,3 @@ class SubjectFilter(Stage):
                 }
             )
         return records, dropped
-
-
-def _counts_str(rle: dict) -> str:
-    c = rle["counts"]
-    return c.decode("ascii") if isinstance(c, bytes) else c

@@ -17,8 +17,9 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from segment_anything.modeling import ImageEncoderViT  # noqa: E402
 from segment_anything.modeling.image_encoder import Attention  # noqa: E402
 
+from scone_data.imageio import mask_to_rle as encode_rle  # noqa: E402
 from scone_data.models.sam import SamBoxPredictor, build_sam, randomize_, use_sdpa_  # noqa: E402
-from scone_data.stages.segment import SamSegmenter, encode_rle, encode_rle_torch  # noqa: E402
+from scone_data.stages.segment import SamSegmenter, encode_rle_torch  # noqa: E402
 
 
 def _rel(a, b):

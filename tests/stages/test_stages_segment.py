@@ -9,8 +9,9 @@ pytest.importorskip("segment_anything")
 
 from pycocotools import mask as mask_utils  # noqa: E402
 
+from scone_data.imageio import mask_to_rle as encode_rle  # noqa: E402
 from scone_data.models.sam import SamBoxPredictor, build_sam, use_sdpa_  # noqa: E402
-from scone_data.stages.segment import SamSegmenter, encode_rle  # noqa: E402
+from scone_data.stages.segment import SamSegmenter  # noqa: E402
 
 SMALL = dict(model="tiny", seed=2, device="cpu", batch_size=2)
 

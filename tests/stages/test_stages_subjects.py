@@ -6,7 +6,8 @@ import skimage.data
 from pycocotools import mask as mask_utils
 
 from scone_data import schemas
-from scone_data.stages.grabcut import GrabCutSegmenter, encode_mask
+from scone_data.imageio import mask_to_rle
+from scone_data.stages.grabcut import GrabCutSegmenter
 from scone_data.stages.subjects import SubjectFilter, dominant_color, pixel_color_names, position_bucket
 
 
@@ -79,7 +80,7 @@ def test_an_image_left_without_subjects_is_rejected_with_its_reason():
     s = {
         "label": "wall",
         "box_xyxy": [0.0, 0.0, 64.0, 64.0],
-        "mask_rle": encode_mask(full),
+        "mask_rle": mask_to_rle(full),
         "mask_score": 1.0,
     }
     out = SubjectFilter()(_row(img, [s]))
