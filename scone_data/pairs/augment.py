@@ -103,13 +103,3 @@ def jitter(image: np.ndarray, brightness: float, contrast: float, saturation: fl
         hsv[..., 1] = s_lut[hsv[..., 1]]
         f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return f
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of an HxWx3 uint8 RGB image (OpenCV wants BGR)."""
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-    )
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()

@@ -6,9 +6,7 @@ a named module constant next to the code that uses it (an engineering limit with
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scone_data import schemas
@@ -180,8 +178,3 @@ class PairConfig:
         """Task weights summing to 1, in :data:`TASKS` order, zero-weight tasks left out."""
         total = float(sum(self.task_mix.values()))
         return {t: self.task_mix[t] / total for t in TASKS if self.task_mix.get(t, 0) > 0}
-
-    def config_hash(self) -> str:
-        """16 hex of the sha256 of the settings as sorted JSON (the same settings give the same hash)."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]

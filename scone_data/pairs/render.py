@@ -8,12 +8,13 @@ record are the tight boxes of what was actually pasted (after warp and erosion),
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from scone_data import SCHEMA_VERSION
+from scone_data.imageio import encode_jpeg, rle_to_mask
 from scone_data.pairs import augment
 from scone_data.pairs.sample_plan import PlacedCandidate, ReferencePlan, SamplePlan
 
@@ -44,7 +45,7 @@ def render_sample(
         img, boxes, aug = _render_reference(r, get, rng)
         img = augment.jitter(img, *r.jitter)
         member = f"ref{i}.jpg"
-        members[member] = augment.encode_jpeg(img, cfg.jpeg_quality)
+        members[member] = encode_jpeg(img, cfg.jpeg_quality)
         cands = [
             {
                 "subject_id": c.subject_id,
@@ -73,7 +74,7 @@ def render_sample(
     target = get(plan.image_id)
     if (target.shape[1], target.shape[0]) != (plan.width, plan.height):
         target = cv2.resize(target, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
-    members["target.jpg"] = augment.encode_jpeg(target, cfg.jpeg_quality)
+    members["target.jpg"] = encode_jpeg(target, cfg.jpeg_quality)
     record = {
         "schema_version": SCHEMA_VERSION,
         "key": plan.key,
@@ -140,12 +141,25 @@ def _render_reference(r: ReferencePlan, get, rng: np.random.Generator):
     return canvas, boxes, aug
 
 
+MASK_CACHE = 64  # subject masks kept per process (a 500x500 crop is 1 MB as float32)
+
+
+@lru_cache(maxsize=MASK_CACHE)
+def _mask_crop(size: tuple[int, int], counts: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The float32 mask of a subject inside ``box`` (read-only, shared). A subject is drawn in many
+    samples (as intended and as a distractor) from the same box; a full-size decode each time cost
+    ~2 ms at 1080x1440."""
+    x0, y0, x1, y1 = box
+    m = rle_to_mask({"size": list(size), "counts": counts})[y0:y1, x0:x1].astype(np.float32)
+    m.flags.writeable = False
+    return m
+
+
 def _paste_candidate(canvas: np.ndarray, c: PlacedCandidate, src: np.ndarray, r: ReferencePlan):
     if tuple(src.shape[:2]) != tuple(c.mask_size):
         raise ValueError(f"image {c.image_id} is {src.shape[:2]}, mask of {c.subject_id} is {c.mask_size}")
     x0, y0, x1, y1 = c.src_box
-    mask = mask_utils.decode({"size": list(c.mask_size), "counts": c.mask_counts.encode()})
-    patch, m = src[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.float32)
+    patch, m = src[y0:y1, x0:x1], _mask_crop(tuple(c.mask_size), c.mask_counts, tuple(c.src_box))
     if c.flip:
         patch, m = patch[:, ::-1], m[:, ::-1]
     bx0, by0, bx1, by1 = (int(round(v)) for v in c.box)

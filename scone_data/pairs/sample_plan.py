@@ -72,7 +72,3 @@ class SamplePlan:
     target_boxes: tuple[TargetBox, ...]
     instruction: str
     seed: int
-
-    @property
-    def expressions(self) -> tuple[str | None, ...]:
-        return tuple(r.expression for r in self.references)
