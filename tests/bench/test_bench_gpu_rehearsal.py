@@ -75,7 +75,8 @@ def test_detect_segment_results(rehearsal):
     assert res["sam_encoder_tflops"] > 0 and 0 < res["sam_encoder_share_of_peak"]
     # Same random weights and boxes: our segmenter (bf16, SDPA, batched) reproduces the fp32 masks.
     assert res["mask_iou_same_boxes_median"] > 0.9
-    assert 0.0 <= res["box_match_rate"] <= 1.0
+    # bf16 detector vs the fp32 naive one: some of the same top-4 boxes are found, and their masks agree
+    assert res["box_match_rate"] > 0 and res["mask_iou_median"] > 0.9
 
 
 def test_train_results(rehearsal):

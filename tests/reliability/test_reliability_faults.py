@@ -80,7 +80,19 @@ def _check_visible(out: Path, want: dict[str, bytes], label: str) -> None:
     got = reader_files(out)
     torn = [k for k, v in got.items() if want.get(k) != v]
     assert not torn, f"{label}: readers could see incomplete or foreign files {torn}"
-    assert all(Path(t).name.startswith(".tmp-") for t in temporaries(out))
+    # anything else under the output is the run's own bookkeeping or a hidden temporary, never a
+    # half-written file under a name a reader would take
+    known = set(got)
+    stray = [
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.is_file()
+        and str(p.relative_to(out)) not in known
+        and p.parts[len(out.parts)] != "ledger"
+        and p.name not in ("manifest.json", "dataset_card.md")
+        and not p.name.startswith(".tmp-")
+    ]
+    assert not stray, f"{label}: files under final names that readers do not know: {stray}"
 
 
 def _check_final(out: Path, want: dict[str, bytes], ref: Path, label: str) -> None:

@@ -223,8 +223,10 @@ def test_checkpoint_dir_round_trips_strictly(tmp_path):
     save_model_dir(tmp_path / "ck", model.state_dict(), model, vae, tok, cfg)
     sd = load_file(str(tmp_path / "ck" / "model.safetensors"))
     model2, vae2, tok2 = load_pretrained(tmp_path / "ck")  # strict=True inside
+    ref = model.state_dict()  # what was saved, not what was read back
+    assert sd.keys() == ref.keys()
     for k, v in model2.state_dict().items():
-        assert torch.equal(v, sd[k]), k
+        assert torch.equal(v, ref[k]), k
     assert model2.vit_cfg.num_hidden_layers == model.vit_cfg.num_hidden_layers  # BAGEL's -1 convention
     assert tok2.encode("the dog") == tok.encode("the dog")
     # Renamed ema.safetensors (the name in an official BAGEL directory) loads the same way.

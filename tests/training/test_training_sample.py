@@ -79,3 +79,4 @@ def test_sample_with_bf16_weights_stays_close_to_fp32(shards_dir, tmp_path):
         spreads.append(np.abs(a - a.mean()).mean())
     # close (a few grey levels) next to how much the pictures vary, yet computed another way
     assert max(diffs) < 0.25 * min(spreads), (diffs, spreads)
+    assert min(diffs) > 0  # the flag took effect
