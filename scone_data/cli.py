@@ -38,13 +38,11 @@ def _summary(manifest: dict, out: str) -> str:
 
 
 def _done(command: str, manifest: dict, out: str) -> None:
-    from scone_data.runtime import progress
-
     print(_summary(manifest, out))
-    if progress.json_mode():
-        keys = ("images", "subjects", "samples", "tasks", "splits", "rejects", "pair_rejects")
-        progress.emit("summary", command=command, ok=True, output=str(out), shards=len(manifest["shards"]),
-                      **{k: manifest[k] for k in keys})  # fmt: skip
+    keys = ("images", "subjects", "samples", "tasks", "splits", "rejects", "pair_rejects")
+    _emit_summary(
+        command, ok=True, output=str(out), shards=len(manifest["shards"]), **{k: manifest[k] for k in keys}
+    )
 
 
 def cmd_build(args) -> int:
@@ -104,7 +102,7 @@ def _fail(command: str, err: Exception, code: int) -> int:
     from scone_data.runtime import progress
 
     if progress.json_mode():
-        progress.emit("summary", command=command, ok=False, error=str(err))
+        _emit_summary(command, ok=False, error=str(err))
     else:
         print(f"error: {err}", file=sys.stderr)
     return code

@@ -15,13 +15,15 @@ from typing import Any
 from scone_data import SCHEMA_VERSION, __version__
 from scone_data.imageio import DecodeError, content_id, decode_image, encode_jpeg
 from scone_data.interop.reader import InteropError
+from scone_data.pairs.config import MAX_REFERENCES, PairConfig
+from scone_data.stages.decode import DecodeImages
 
 FORMATS = ("scone-parquet", "jsonl")
-# Above 3 references a sample no longer fits the trainer's packed sequence budget (pairs.config).
-DEFAULT_MAX_REFERENCES = 3
-# Same decompression-bomb guard as the build's decode stage default (decode.max_pixels).
-MAX_PIXELS = 40_000_000
-JPEG_QUALITY = 95
+# The build's own defaults, so imported shards look like built ones: at most as many references as
+# the pair builder makes, the decode stage's decompression-bomb cap, the pair builder's JPEG quality.
+DEFAULT_MAX_REFERENCES = MAX_REFERENCES
+MAX_PIXELS = DecodeImages.max_pixels
+JPEG_QUALITY = PairConfig.jpeg_quality
 REASONS = (
     "missing_field",
     "no_references",

@@ -87,6 +87,19 @@ def _scone_row(rec: dict[str, Any], members: dict[str, bytes]) -> dict[str, Any]
     }
 
 
+def _begin(output, dest, split: str, overwrite: bool, reporter: Reporter | None):
+    """What both exports do first: the manifest (read once), an empty ``dest``, the sample count
+    (an empty split is an error). Returns ``(reporter, manifest, dest, total)``."""
+    reporter = reporter or Reporter("export", show_progress=False)
+    manifest = load_manifest(output)
+    dest = Path(dest)
+    _prepare_dest(dest, overwrite)
+    total = count_samples(output, _split_arg(split), manifest)
+    if total == 0:
+        raise InteropError(f"{output}: no samples in split {split!r}")
+    return reporter, manifest, dest, total
+
+
 def export_scone_parquet(
     output: str | Path,
     dest: str | Path,
@@ -108,21 +121,15 @@ def export_scone_parquet(
         problems.append(f"dataset_name must be a plain name, got {dataset_name!r}")
     if problems:
         raise InteropError("; ".join(problems), code=2)
-    reporter = reporter or Reporter("export", show_progress=False)
-    load_manifest(output)
-    dest = Path(dest)
-    _prepare_dest(dest, overwrite)
+    reporter, manifest, dest, total = _begin(output, dest, split, overwrite, reporter)
     local_dir = dest / "parquet_data" / dataset_name
     local_dir.mkdir(parents=True)
     data_dir = data_dir if data_dir is not None else str(local_dir.resolve())
-    total = count_samples(output, _split_arg(split))
-    if total == 0:
-        raise InteropError(f"{output}: no samples in split {split!r}")
 
     info: dict[str, dict[str, int]] = {}
     tasks: dict[str, int] = {}
     reporter.start(format="scone-parquet", output=str(output), dest=str(dest), split=split, samples=total)
-    samples = iter_samples(output, _split_arg(split))
+    samples = iter_samples(output, _split_arg(split), manifest=manifest)
     with reporter.phase(total, "export samples") as bar:
         while (head := next(samples, None)) is not None:
             # Lazy: only one row group of samples is in memory at a time, whatever rows_per_file is.
@@ -230,17 +237,11 @@ def export_sconeeval_jsonl(
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Write ``output``'s samples of ``split`` as SconeEval's data.jsonl + images; returns counts."""
-    reporter = reporter or Reporter("export", show_progress=False)
-    load_manifest(output)
-    dest = Path(dest)
-    _prepare_dest(dest, overwrite)
-    total = count_samples(output, _split_arg(split))
-    if total == 0:
-        raise InteropError(f"{output}: no samples in split {split!r}")
+    reporter, manifest, dest, total = _begin(output, dest, split, overwrite, reporter)
     reporter.start(format="sconeeval-jsonl", output=str(output), dest=str(dest), split=split, samples=total)
     lines, tasks, images = [], {}, 0
     with reporter.phase(total, "export samples") as bar:
-        for rec, members in iter_samples(output, _split_arg(split)):
+        for rec, members in iter_samples(output, _split_arg(split), manifest=manifest):
             for member, data in members.items():
                 write_bytes(dest / "images" / f"{rec['key']}.{member}", data)
                 images += 1

@@ -18,9 +18,10 @@ from typing import Any
 
 from scone_data import schemas
 from scone_data.interop.reader import shard_paths
+from scone_data.pairs.config import MAX_REFERENCES
 
-# Members ref0.jpg .. ref{N-1}.jpg get an Image column; the pair builder makes at most 3 references.
-DEFAULT_MAX_REFERENCES = 3
+# Members ref0.jpg .. ref{N-1}.jpg get an Image column; as many as the pair builder makes at most.
+DEFAULT_MAX_REFERENCES = MAX_REFERENCES
 
 
 def _datasets():

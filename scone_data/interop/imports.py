@@ -51,12 +51,13 @@ from scone_data.interop.convert import (
 )
 from scone_data.interop.reader import InteropError
 from scone_data.interop.report import Reporter
+from scone_data.runtime.config import ShardSettings
 from scone_data.shards.files import write_json, write_parquet
 from scone_data.shards.writer import ShardWriter
 
 __all__ = ["FORMATS", "PRESETS", "REASONS", "FieldMap", "field_map", "import_dataset"]
 
-DEFAULT_SAMPLES_PER_SHARD = 256  # as the build's default (shards.samples_per_shard)
+DEFAULT_SAMPLES_PER_SHARD = ShardSettings.samples_per_shard  # the build's default
 PARQUET_BATCH_ROWS = 64  # rows read at a time from a parquet source: bounded memory for big image lists
 
 

@@ -32,12 +32,15 @@ from scone_data.interop.charts import bar_chart
 from scone_data.interop.reader import iter_samples, load_manifest
 from scone_data.interop.report import Reporter
 from scone_data.pairs.config import TASKS
+from scone_data.stages.decode import DecodeImages
 
 MAX_STATS_SAMPLES = 100_000  # json members read for the charts; past this the charts show a prefix
 THUMB_SIDE = 320  # long side of inlined sample images: sharp at the card size, ~20 KB each
-BANK_THUMB_SIDE = 200
-THUMB_QUALITY = 82
-MAX_PIXELS = 40_000_000  # the build's decode.max_pixels default
+BANK_THUMB_SIDE = 200  # subject-bank grid cells are smaller than sample cards
+THUMB_QUALITY = (
+    82  # JPEG quality of the inlined thumbnails: no visible artefacts at that size, half of q95's bytes
+)
+MAX_PIXELS = DecodeImages.max_pixels  # the build's decode cap
 TASK_COLORS = dict(
     zip(TASKS, ("#2563eb", "#0891b2", "#ea580c", "#dc2626", "#9333ea", "#db2777"), strict=True)
 )

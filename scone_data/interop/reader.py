@@ -39,10 +39,12 @@ def shard_paths(output: str | Path, manifest: dict[str, Any] | None = None) -> l
     return [Path(output) / "shards" / f"{e['name']}.tar" for e in manifest["shards"]]
 
 
-def count_samples(output: str | Path, split: str | None = None) -> int:
+def count_samples(
+    output: str | Path, split: str | None = None, manifest: dict[str, Any] | None = None
+) -> int:
     """Samples of ``split`` (None: all), from the shards' parquet indexes (no tar is read)."""
     n = 0
-    for tar in shard_paths(output):
+    for tar in shard_paths(output, manifest):
         idx = tar.with_suffix(".parquet")
         if split is None:
             n += pq.ParquetFile(idx).metadata.num_rows
@@ -57,12 +59,13 @@ def iter_samples(
     output: str | Path,
     split: str | None = None,
     want_images: bool | Callable[[dict[str, Any]], bool] = True,
+    manifest: dict[str, Any] | None = None,
 ) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
     """Yield ``(record, members)`` of every sample (of ``split``, if given) in manifest/tar order.
 
     ``members`` is empty for records where ``want_images`` is (or returns) False.
     """
-    for tar_path in shard_paths(output):
+    for tar_path in shard_paths(output, manifest):
         with tarfile.open(tar_path, "r:") as tf:
             rec: dict[str, Any] | None = None
             keep = False
