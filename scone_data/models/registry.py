@@ -202,7 +202,9 @@ def resolve_device(device: str) -> str:
 
 
 def gpu_request(num_gpus: str | float) -> float:
-    """A stage's ``num_gpus`` setting as Ray wants it: "auto" -> 1.0 if CUDA is visible else 0.0."""
+    """A stage's ``num_gpus`` on its own on this machine: "auto" -> 1.0 if CUDA is visible else 0.0.
+    Under Ray a pipeline's ``auto`` stages share each GPU instead (``runtime.executor.gpu_requests``,
+    which uses this only for explicit numbers)."""
     if num_gpus == "auto":
         import torch
 

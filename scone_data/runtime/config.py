@@ -42,7 +42,6 @@ SECTIONS = (
     "runtime",
 )
 BANK_SECTIONS = ("sources", "decode", "detect", "segment", "subjects")
-SHARD_SECTIONS = ("seed", "pairs", "shards")
 
 
 class ConfigError(ValueError):

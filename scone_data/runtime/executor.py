@@ -100,11 +100,9 @@ def _fits(requests: list[float], cluster_gpus: float) -> bool:
     return True
 
 
-def split_segments(stages: list[Stage], requests: list[float] | None = None) -> list[list[Stage]]:
-    """Group consecutive stages by whether they need a GPU (each GPU stage stands alone).
-    ``requests``: GPUs per stage (:func:`gpu_requests`); default: what each stage declares."""
-    if requests is None:
-        requests = [st.resources().get("num_gpus", 0) for st in stages]
+def split_segments(stages: list[Stage], requests: list[float]) -> list[list[Stage]]:
+    """Group consecutive stages by whether they need a GPU (each GPU stage stands alone);
+    ``requests``: GPUs per stage, from :func:`gpu_requests`."""
     segs: list[list[Stage]] = []
     prev_gpu = False
     for st, r in zip(stages, requests):

@@ -66,32 +66,30 @@ class _State:
 
 
 _state: _State | None = None
-_loaded_pid: int | None = None
+_loaded = False  # the environment has been read (or arm() called) in this process
 
 
 def arm(
     spec: str = "", once: str | os.PathLike | None = None, trace: str | os.PathLike | None = None
 ) -> None:
     """Arm this process (counts start at zero); ``arm()`` with no arguments disarms it."""
-    global _state, _loaded_pid
+    global _state, _loaded
     faults = parse(spec)
     _state = _State(faults, str(once) if once else None, str(trace) if trace else None)
     if not faults and not trace:
         _state = None
-    _loaded_pid = os.getpid()
+    _loaded = True
 
 
 def _load() -> _State | None:
-    global _loaded_pid
-    if _loaded_pid is None:  # first call in this process: read the environment once
+    if not _loaded:  # first call in this process: read the environment once
         arm(os.environ.get(ENV, ""), os.environ.get(ENV_ONCE), os.environ.get(ENV_TRACE))
-        _loaded_pid = os.getpid()
     return _state
 
 
 def point(name: str, path: str | os.PathLike = "") -> None:
     """A fault point; see the module docstring. A no-op unless armed."""
-    st = _state if _loaded_pid is not None else _load()
+    st = _state if _loaded else _load()
     if st is None:
         return
     fname = Path(path).name

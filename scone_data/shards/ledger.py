@@ -43,6 +43,3 @@ class Ledger:
 
     def mark(self, unit: str, payload: dict[str, Any]) -> None:
         write_json(self._marker(unit), {"config_hash": self.config_hash, **payload})
-
-    def completed(self) -> list[str]:
-        return sorted(p.stem for p in self.dir.glob("*.done")) if self.dir.exists() else []

@@ -28,18 +28,13 @@ Batch = dict[str, list[Any]]
 
 @dataclass
 class StageStats:
-    """Per-stage counters, merged across batches (and across workers by the runtime)."""
+    """Per-stage counters of the batches this instance ran (in-process callers and tests read them;
+    under Ray each actor keeps its own, and the run's counts come from the reject records)."""
 
     rows_in: int = 0
     rows_ok: int = 0
     seconds: float = 0.0
     rejects: Counter = field(default_factory=Counter)
-
-    def merge(self, other: StageStats) -> None:
-        self.rows_in += other.rows_in
-        self.rows_ok += other.rows_ok
-        self.seconds += other.seconds
-        self.rejects.update(other.rejects)
 
 
 def batch_len(batch: Batch) -> int:

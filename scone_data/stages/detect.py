@@ -14,6 +14,7 @@ the label is the prompt label whose tokens score highest and must clear ``text_t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,9 @@ from typing import Any, ClassVar
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
 from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
+
+PROMPT_CACHE_SIZE = 4096  # label lists whose prompts stay built (as the predictor's text cache)
+PHRASE_CACHE_SIZE = 1 << 16  # decoded phrases kept (token-id tuples -> text; a few MB at most)
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,11 @@ class GroundingDinoDetector(ModelStage):
         self._pred = GroundingDinoPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
         self._matcher = None if self.labels is not None else PhraseMatcher.from_names(list(self.vocabularies))
         self._max_tokens = MAX_TEXT_LEN
-        self._prompt_cache: dict[tuple[str, ...], _PromptSet] = {}
+        # label lists come from captions, so nearly every image may bring a new one: keep the most
+        # recent PROMPT_CACHE_SIZE (each holds a few small device tensors)
+        self._prompt_cache: OrderedDict[tuple[str, ...], _PromptSet] = OrderedDict()
         # Phrases repeat (the same label's tokens, or every token at text_threshold 0): decode each once.
-        self._phrase = lru_cache(maxsize=1 << 16)(
+        self._phrase = lru_cache(maxsize=PHRASE_CACHE_SIZE)(
             lambda ids: self._pred.tokenizer.decode(list(ids)).replace(".", "").strip()
         )
         # Resizes the next chunk's images while the device runs the current one (PIL releases the GIL).
@@ -123,7 +129,9 @@ class GroundingDinoDetector(ModelStage):
         from scone_data.models.vocab import build_prompts
 
         key = tuple(labels)
-        if key not in self._prompt_cache:
+        if key in self._prompt_cache:
+            self._prompt_cache.move_to_end(key)
+        else:
             tok, dev = self._pred.tokenizer, self._pred.device
             prompts = build_prompts(labels, tok, self._max_tokens)
             names = sorted({lab for p in prompts for lab, _, _ in p.spans})
@@ -136,6 +144,8 @@ class GroundingDinoDetector(ModelStage):
                 columns.append(col.to(dev))
             ranks = [torch.tensor([names.index(lab) for lab, _, _ in p.spans], device=dev) for p in prompts]
             self._prompt_cache[key] = _PromptSet(prompts, names, ranks, columns, ids)
+            if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
         return self._prompt_cache[key]
 
     def process(self, batch: Batch) -> Batch:

@@ -47,9 +47,6 @@ def encode_rle_torch(masks) -> list[dict]:
     return out
 
 
-ATTENTION_CHOICES = ("flash", "bias", "upstream")
-
-
 def _valid_box(box, w: int, h: int) -> list[float] | None:
     try:
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -79,15 +76,16 @@ class SamSegmenter(ModelStage):
     seed: int = 0  # initialises the tiny preset
 
     def validate(self) -> list[str]:
-        from scone_data.models.sam import SAM_MODELS
+        from scone_data.models.sam import ATTENTION_MODES, SAM_MODELS
 
         out = registry.model_setting_problems(
             "sam", self.model, SAM_MODELS, self.checkpoint, self.device, self.num_gpus, self.verify_sha256
         )
         if int(self.batch_size) < 1:
             out.append(f"batch_size: {self.batch_size} must be >= 1")
-        if self.attention not in ATTENTION_CHOICES:
-            out.append(f"attention: {self.attention!r} is not one of {' | '.join(ATTENTION_CHOICES)}")
+        choices = (*ATTENTION_MODES, "upstream")  # use_sdpa_'s modes, or segment-anything's own attention
+        if self.attention not in choices:
+            out.append(f"attention: {self.attention!r} is not one of {' | '.join(choices)}")
         return out
 
     def setup(self) -> None:
