@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from scone_data.imageio import MAX_DETAIL_CHARS
 from scone_data.stages.base import OK, REJECTED
 
 # The columns of every source row, in this order (see the row contract in DESIGN.md / issue 2).
@@ -85,7 +86,7 @@ def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
     except FileNotFoundError:
         return None, "missing_file"
     except OSError as e:
-        return None, f"unreadable_file: {type(e).__name__}: {e}"[:200]
+        return None, f"unreadable_file: {type(e).__name__}: {e}"[:MAX_DETAIL_CHARS]
     if len(data) > max_bytes:  # grew while we read it
         return None, f"file_too_large: >{max_bytes} bytes"
     return data, ""
@@ -103,8 +104,9 @@ def make_row(uri: str, source: str, **values: Any) -> dict[str, Any]:
 
 
 def rejected_row(uri: str, source: str, reason: str, **values: Any) -> dict[str, Any]:
-    """A row that is already rejected with ``reason`` (``code`` or ``code: detail``)."""
-    return make_row(uri, source, **values) | {"status": REJECTED, "reason": reason}
+    """A row that is already rejected with ``reason`` (``code`` or ``code: detail``), cut to
+    ``imageio.MAX_DETAIL_CHARS`` (details quote file names and errors of any length)."""
+    return make_row(uri, source, **values) | {"status": REJECTED, "reason": reason[:MAX_DETAIL_CHARS]}
 
 
 def to_batch(rows: list[dict[str, Any]]) -> dict[str, list]:

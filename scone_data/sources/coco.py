@@ -204,15 +204,13 @@ class CocoSource(Source):
             return rejected_row(where, self.name, "bad_image_entry: not a dict")
         iid, fname = im.get("id"), im.get("file_name")
         if not _usable_id(iid):
-            return rejected_row(where, self.name, f"bad_image_entry: id {iid!r}"[:200])
+            return rejected_row(where, self.name, f"bad_image_entry: id {iid!r}")
         image_id = self._image_id(iid)
         if idx.first_of[iid] != i:
             reason = f"duplicate_image_id: {iid!r} first at images[{idx.first_of[iid]}]"
-            return rejected_row(where, self.name, reason[:200], image_id=image_id)
+            return rejected_row(where, self.name, reason, image_id=image_id)
         if not isinstance(fname, str) or not fname:
-            return rejected_row(
-                where, self.name, f"bad_image_entry: file_name {fname!r}"[:200], image_id=image_id
-            )
+            return rejected_row(where, self.name, f"bad_image_entry: file_name {fname!r}", image_id=image_id)
         if fname.startswith(PKG_SCHEME):
             try:
                 path = resolve_path(fname)

@@ -161,7 +161,7 @@ class ParquetSource(Source):
         try:
             pf = pq.ParquetFile(path)
         except Exception as e:  # noqa: BLE001
-            reason = f"unreadable_file: {type(e).__name__}: {e}"[:200]
+            reason = f"unreadable_file: {type(e).__name__}: {e}"
             return [(pos, rejected_row(f"{path}#row={r}", self.name, reason)) for pos, r in wanted]
         problems = _schema_problems(path, pf.schema_arrow, self._columns())
         if problems:  # settings error, not data: stop the run naming the column

@@ -69,7 +69,7 @@ class _Scan:
     truncated_rest: bool = False
 
     def flag(self, key: str, reason: str) -> None:
-        self.problems.setdefault(key, reason[:200])
+        self.problems.setdefault(key, reason)
 
 
 def _scan(path: str, max_member_bytes: int) -> _Scan:
@@ -173,7 +173,7 @@ class WebDatasetSource(Source):
     def _sample(self, s: _Scan, path: str, key: str) -> dict:
         uri = f"{path}#{key}"
         if s.tar is None:
-            return rejected_row(uri, self.name, s.error[:200])
+            return rejected_row(uri, self.name, s.error)
         if key == TRUNCATED:
             return rejected_row(uri, self.name, "truncated_tar")
         members = s.samples.get(key)
@@ -196,7 +196,7 @@ class WebDatasetSource(Source):
             try:
                 obj = json.loads(texts["json"])
             except (ValueError, UnicodeDecodeError) as e:
-                return rejected_row(uri, self.name, f"bad_json: {e}"[:200])
+                return rejected_row(uri, self.name, f"bad_json: {e}")
             if not isinstance(obj, dict):
                 return rejected_row(uri, self.name, f"bad_json: {type(obj).__name__}, not an object")
             for k in meta:
