@@ -30,8 +30,8 @@ import json
 import os
 import tarfile
 import zlib
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from webdataset.tariterators import base_plus_ext
@@ -123,6 +123,35 @@ def _scan(path: str, max_member_bytes: int) -> _Scan:
     return s
 
 
+# Header passes kept per process: a tar is listed once and then read unit by unit (16 refs each), and
+# one pass over a 10,000-sample tar takes ~1.4 s. Keyed by (path, size, mtime) so a changed file is
+# scanned again; a kept scan holds the member headers (a few MB per 10,000 samples), not the data.
+SCAN_CACHE_SIZE = 8
+_SCANS: OrderedDict[tuple, _Scan] = OrderedDict()
+
+
+def _scanned(path: str, max_member_bytes: int) -> _Scan:
+    """:func:`_scan`'s result with the tar open for reading, the header pass done once per file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _scan(path, max_member_bytes)  # reports the missing or unreadable file
+    key = (path, st.st_size, st.st_mtime_ns, max_member_bytes)
+    hit = _SCANS.get(key)
+    if hit is None:
+        s = _scan(path, max_member_bytes)
+        if s.tar is not None:
+            _SCANS[key] = replace(s, tar=None)
+            if len(_SCANS) > SCAN_CACHE_SIZE:
+                _SCANS.popitem(last=False)
+        return s
+    _SCANS.move_to_end(key)
+    try:
+        return replace(hit, tar=tarfile.open(path, mode="r:*"))  # members are read by their offsets
+    except (*_READ_ERRORS, ValueError) as e:
+        return _Scan(error=f"unreadable_tar: {type(e).__name__}: {e}")
+
+
 @dataclass(kw_only=True)
 class WebDatasetSource(Source):
     """WebDataset tars; see the module docstring. ``max_member_bytes`` caps each member read."""
@@ -141,7 +170,7 @@ class WebDatasetSource(Source):
     def list_refs(self) -> list[str]:
         refs = []
         for path in expand_paths(self.paths)[0]:
-            s = _scan(path, self.max_member_bytes)
+            s = _scanned(path, self.max_member_bytes)
             if s.tar is None:
                 refs.append(f"{path}#{UNREADABLE}")
                 continue
@@ -161,7 +190,7 @@ class WebDatasetSource(Source):
             else:
                 by_tar[path].append((pos, key))
         for path, wanted in by_tar.items():
-            s = _scan(path, self.max_member_bytes)  # one open and one header pass per tar per call
+            s = _scanned(path, self.max_member_bytes)  # one open per tar per call, one header pass per tar
             try:
                 for pos, key in wanted:
                     rows[pos] = self._sample(s, path, key)

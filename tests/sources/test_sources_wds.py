@@ -126,3 +126,26 @@ def test_unreadable_and_compressed_tars_and_factory(tmp_path):
     assert [p.split(":")[0] for p in WebDatasetSource(name="w", paths=[], max_member_bytes=0).validate()] == [
         "max_member_bytes", "paths",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode,suffix", [("w", "tar"), ("w:gz", "tar.gz")])
+def test_header_pass_is_kept_per_file_and_redone_when_the_file_changes(tmp_path, mode, suffix):
+    import os
+
+    from scone_data.sources import wds
+
+    path = write_tar(tmp_path / f"s.{suffix}", GOOD, mode)
+    src = WebDatasetSource(name="w", paths=str(path))
+    refs = src.list_refs()
+    cold = src.read(refs)
+    key = [k for k in wds._SCANS if k[0] == str(path)]
+    assert len(key) == 1 and wds._SCANS[key[0]].tar is None  # kept without an open file
+    # reads unit by unit (one ref each) reuse that pass and give the same rows as one cold read
+    warm = [src.read([r]) for r in refs]
+    assert [w["image_bytes"][0] for w in warm] == cold["image_bytes"]
+    assert [w["caption"][0] for w in warm] == cold["caption"]
+    # a rewritten file (other size and mtime) is scanned again, not served from the old pass
+    write_tar(path, GOOD[:2], mode)
+    os.utime(path, ns=(1, 1))
+    assert src.list_refs() == [f"{path}#000"]
+    assert src.read([f"{path}#001"])["reason"] == ["bad_ref"]
