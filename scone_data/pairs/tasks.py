@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from scone_data.imageio import rle_to_mask
 from scone_data.pairs import expressions as ex
 from scone_data.pairs import layout
 from scone_data.pairs.bank import BankIndex, BankSubject, informative
@@ -319,14 +320,12 @@ class TaskPlanner:
         ref = ReferencePlan(kind, w, h, tuple(cands), phrase, spec, **extra, **self._finish(rng))
         return ref, phrase
 
-    def _mask(self, b: BankSubject) -> np.ndarray:
-        from pycocotools import mask as mask_utils
-
-        return mask_utils.decode({"size": b.mask_rle["size"], "counts": b.mask_rle["counts"].encode()})
-
     def _hist(self, b: BankSubject):
         if b.subject_id not in self._hists:
-            self._hists[b.subject_id] = color_histogram(self.load_image(b.image_id), self._mask(b))
+            # only the mask's box holds counted pixels: convert and count there, not over the image
+            x0, y0, x1, y1 = layout.int_box(b.mbox)
+            crop = self.load_image(b.image_id)[y0:y1, x0:x1]
+            self._hists[b.subject_id] = color_histogram(crop, rle_to_mask(b.mask_rle)[y0:y1, x0:x1])
         return self._hists[b.subject_id]
 
     def _embedding(self, b: BankSubject):
@@ -336,5 +335,5 @@ class TaskPlanner:
                 from scone_data.pairs.embeddings import ImageEmbedder
 
                 self._embedder = ImageEmbedder(self.cfg.embedding_model)
-            self._hists[key] = self._embedder.embed(self.load_image(b.image_id), self._mask(b).astype(bool))
+            self._hists[key] = self._embedder.embed(self.load_image(b.image_id), rle_to_mask(b.mask_rle))
         return self._hists[key]
