@@ -11,7 +11,7 @@ The Scone mask adds one more rule: keys flagged by the semantic mask are hidden 
 """
 
 import torch
-from scone_train.llm import dense_attention
+import torch.nn.functional as F
 
 
 def token_layout(sample_lens, split_lens, attn_modes, device) -> dict:
@@ -41,12 +41,25 @@ def allowed(t: dict, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class DenseAttention:
+    """Attention over the whole packed sequence with an additive (L, L) bias (0 or -inf), via SDPA.
+
+    GQA is expanded by repeating k/v heads. The CPU / reference path: it materialises L x L. The
+    bias is cast to the attention dtype once per dtype, not once per layer."""
+
     def __init__(self, bias: torch.Tensor):
         self.bias = bias
-        self._fn = dense_attention(bias)
+        self._cast: dict[torch.dtype, torch.Tensor] = {}
 
     def __call__(self, q, k, v):
-        return self._fn(q, k, v)
+        bias = self._cast.get(q.dtype)
+        if bias is None:
+            bias = self._cast[q.dtype] = self.bias.to(q.dtype)
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=bias
+        )
+        return out[0].transpose(0, 1)
 
     def with_key_mask(self, masked_keys: torch.Tensor, target_queries: torch.Tensor) -> "DenseAttention":
         """Hide keys `masked_keys` (L,) bool from queries `target_queries` (L,) bool."""

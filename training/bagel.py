@@ -12,7 +12,7 @@ from scone_train.attention import build_attention
 from scone_train.layers import MLPConnector, PositionEmbedding, TimestepEmbedder
 from scone_train.llm import LLMConfig, Qwen2MoTForCausalLM
 from scone_train.semantic_mask import semantic_key_mask
-from scone_train.vit import SiglipNaViT, ViTConfig
+from scone_train.vit import SiglipNaViT, ViTConfig, patchify
 from torch import nn
 
 
@@ -57,11 +57,8 @@ class Bagel(nn.Module):
     # ---- inputs -------------------------------------------------------------------------------
     def patchify_latents(self, latents: list[torch.Tensor], shapes: list[tuple]) -> torch.Tensor:
         """latents [(16, h*p, w*p)] -> (sum h*w, p*p*16), token order row-major, features (p, q, c)."""
-        p, out = self.cfg.latent_patch_size, []
-        for z, (h, w) in zip(latents, shapes):
-            z = z[:, : h * p, : w * p].reshape(z.shape[0], h, p, w, p)
-            out.append(torch.einsum("chpwq->hwpqc", z).reshape(h * w, -1))
-        return torch.cat(out)
+        p = self.cfg.latent_patch_size
+        return torch.cat([patchify(z[:, : h * p, : w * p], p) for z, (h, w) in zip(latents, shapes)])
 
     def unpatchify_latents(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         p, c = self.cfg.latent_patch_size, self.cfg.z_channels

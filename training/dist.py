@@ -78,16 +78,9 @@ def full_state(model, optimizer=None) -> tuple:
     return msd, osd
 
 
-def load_full_state(model, optimizer, msd: dict | None, osd: dict | None) -> None:
-    """Load full state dicts (present on every rank) into a possibly sharded model / optimizer."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+def load_optimizer_state(model, optimizer, osd: dict) -> None:
+    """Load a full optimizer state dict (present on every rank) into a possibly sharded optimizer.
+    (The model's weights come in through ``load_pretrained`` before sharding.)"""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    opts = StateDictOptions(full_state_dict=True)
-    if msd is not None:
-        set_model_state_dict(model, msd, options=opts)
-    if osd is not None:
-        set_optimizer_state_dict(model, optimizer, osd, options=opts)
+    set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))

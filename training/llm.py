@@ -8,7 +8,6 @@ names with `_moe_gen`) for VAE tokens. Attention is one joint attention over the
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from scone_train.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 from torch import nn
 
@@ -153,24 +152,3 @@ class Qwen2MoTForCausalLM(nn.Module):
             if after_layer is not None:
                 after_layer(i, x)
         return _route(x, und, gen, self.model.norm, self.model.norm_moe_gen)
-
-
-def dense_attention(bias: torch.Tensor):
-    """Attention over the whole packed sequence with an additive bias (L, L) (0 or -inf), via SDPA.
-
-    GQA is expanded by repeating k/v heads. This is the CPU / reference path; it materialises L x L.
-    """
-
-    def attn(q, k, v):
-        groups = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],
-            k.transpose(0, 1)[None],
-            v.transpose(0, 1)[None],
-            attn_mask=bias.to(q.dtype),
-        )
-        return out[0].transpose(0, 1)
-
-    return attn

@@ -10,7 +10,6 @@ batches continues exactly where it stopped.
 import json
 import logging
 
-import torch
 from scone_train.data import decode_sample, sample_stream
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -107,9 +106,3 @@ class LoaderState:
 
     def to_dict(self) -> dict:
         return {"num_workers": self.num_workers, "cursors": self.cursors, "next_role": self.next_role}
-
-
-def to_device_tensors(batch: dict, device) -> dict:
-    from scone_train.packing import move_batch
-
-    return move_batch(batch, torch.device(device))

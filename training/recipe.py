@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from scone_train import dist
 from scone_train.checkpoint import build_model, load_optimizer, save_model_dir, save_optimizer
 from scone_train.data import Resize, _seed, list_shards
-from scone_train.loader import LoaderState, PackedStream, make_loader, to_device_tensors
-from scone_train.packing import SequenceBuilder
+from scone_train.loader import LoaderState, PackedStream, make_loader
+from scone_train.packing import SequenceBuilder, move_batch
 from scone_train.tokenizer import special_ids
 
 log = logging.getLogger("scone_train")
@@ -118,7 +118,7 @@ def train(cfg: dict) -> list[float]:
         osd = load_optimizer(resume)
         for g in [*osd["param_groups"], *opt.param_groups]:  # the schedule's key is set again below
             g.pop("initial_lr", None)
-        dist.load_full_state(model, opt, None, osd)
+        dist.load_optimizer_state(model, opt, osd)
         ls = st["loader"][env.rank]
         lstate = LoaderState(ls["num_workers"], ls["cursors"], ls["next_role"])
         rng = load_file(str(resume / f"rng_rank{env.rank}.safetensors"))
@@ -167,7 +167,7 @@ def train(cfg: dict) -> list[float]:
     model.vit_model.eval()
     while step < tc["steps"]:
         batch, meta = next(batches)
-        batch = to_device_tensors(batch, env.device)
+        batch = move_batch(batch, env.device)
         batch["attn_backend"] = cfg.get("attention", "dense")
         gen = step_generator(tc["seed"], env.rank, step, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):

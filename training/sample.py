@@ -115,10 +115,9 @@ def generate(
     n = th * tw
     x = torch.randn((n, model.patch_latent_dim), generator=generator, device=dev)
     ts, dts = timestep_schedule(s.steps, s.shift)
-    t_vec = torch.zeros(per_token_target.shape[0], device=dev)
     for t, dt in zip(ts.tolist(), dts.tolist()):
         latents = torch.cat([x if z is None else z for z in lat])
-        t_vec = torch.where(per_token_target, torch.full_like(t_vec, t), torch.zeros_like(t_vec))
+        t_vec = per_token_target.float() * t  # t on the target's tokens, 0 on the references' (clean)
         v_all, _ = model.predict_velocity(batch, latents, t_vec, mask_cfg)
         vs = list(v_all.split(n))  # one block of n target tokens per packed sequence, in item order
         on = s.interval[0] < t <= s.interval[1]
