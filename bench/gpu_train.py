@@ -10,9 +10,11 @@ MoT routing as in training). The frozen ViT and VAE are not timed (they run unde
 small next to the decoder). Inputs are random embeddings, so the embedding lookup is left out.
 
 - packed: samples concatenated up to `budget` tokens per step, one sequence, attention from the
-  trainer's own layout (flex_attention block mask on CUDA: block-sparse, never an L x L matrix).
+  trainer's own layout (flex_attention with a block mask on CUDA; building the block mask evaluates
+  the rule over all L x L pairs once per step, and that time is inside the timed step).
 - padded: the same samples in the same order, batched B at a time with B = budget // longest, each
-  padded to the longest of its batch; SDPA over (B, L) with a per-sample boolean mask.
+  padded to the longest of its batch; SDPA over (B, L) with a per-sample boolean mask (also built
+  inside the timed step).
 Useful tokens = real sample tokens. Model FLOPs per useful token = 6 x active matmul parameters (one
 expert per token, head included; embeddings and lm_head excluded, as the trainer never runs them) plus
 attention: 4 x layers x heads x head_dim x visible (query, key) pairs, x3 for forward + backward.
@@ -26,6 +28,7 @@ import platform
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -175,7 +178,8 @@ def packed_batches(samples, budget, device, backend):
     res = []
     for group in out:
         ix = _index(group, device)
-        res.append((ix, build_attention(ix, device, backend), ix["seq_len"], visible_pairs(group)))
+        # the attention is built inside the timed step, as the trainer builds it for every batch
+        res.append((ix, partial(build_attention, ix, device, backend), ix["seq_len"], visible_pairs(group)))
     return res
 
 
@@ -196,7 +200,7 @@ def padded_batches(samples, budget, device):
         padded = [[x for x in s if x[0] > 0] for s in padded]
         ix = _index(padded, device)
         useful = sum(sum(k for k, _, _ in s) for s in group)
-        res.append((ix, PaddedAttention(group, L, device), useful, visible_pairs(group)))
+        res.append((ix, partial(PaddedAttention, group, L, device), useful, visible_pairs(group)))
     return res
 
 
@@ -205,12 +209,13 @@ def run_mode(model, head, opt, batches, steps, warmup, device, bf16, cfg: LLMCon
     g = torch.Generator(device=device).manual_seed(0)
     times, useful, seen, pairs = [], 0, 0, 0
     for k in range(warmup + steps):
-        ix, attn, n_useful, n_pairs = batches[k % len(batches)]
+        ix, make_attn, n_useful, n_pairs = batches[k % len(batches)]
         L = ix["seq_len"]
         x = torch.randn(L, H, device=device, generator=g)
         target = torch.randn(len(ix["target"]), LATENT_DIM, device=device, generator=g)
         sync(device)
         t0 = time.perf_counter()
+        attn = make_attn()  # the mask/block mask of this batch: part of every real step
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pos = torch.arange(L, device=device)
             h = model(x, pos, ix["und"], ix["gen"], lambda i, a=attn: a)
