@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,3 +85,15 @@ def png_header(w: int, h: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 16))
         + chunk(b"IEND", b"")
     )
+
+
+def reader_files(out: Path) -> dict[str, bytes]:
+    """Every file a reader uses (bank, shards, rejects.parquet), by relative path; no temporaries
+    (the ledger and the manifest hold the output path itself, so they differ between two outputs)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".tmp-")
+        and (p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet")
+    }

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_reliability_support import make_toy_coco, reader_files, temporaries, toy_config
+from test_reliability_support import make_toy_coco, temporaries, toy_config
+from tests_helpers import reader_files
 
 from scone_data.runtime import faults
 from scone_data.runtime.build import build

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_reliability_support import make_toy_coco, reader_files, run_child, temporaries, toy_config
+from test_reliability_support import make_toy_coco, run_child, temporaries, toy_config
+from tests_helpers import reader_files
 
 from scone_data.runtime import faults
 from scone_data.runtime.build import build, regen

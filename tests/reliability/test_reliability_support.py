@@ -81,17 +81,6 @@ def toy_config(coco: Path, out: Path, **sections) -> dict:
     return load_config(None, base=base)
 
 
-def reader_files(out: Path) -> dict[str, bytes]:
-    """Every file a reader uses (bank, shards, rejects.parquet), by relative path; no temporaries."""
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file()
-        and not p.name.startswith(".tmp-")
-        and (p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet")
-    }
-
-
 def temporaries(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob(".tmp-*"))
 

@@ -1,11 +1,11 @@
 """End to end on the demo: build (Ray and in-process), determinism, validate, plain-webdataset reads, regen."""
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from tests_helpers import reader_files
 
 from scone_data.cli import main
 from scone_data.runtime.build import build, regen
@@ -20,15 +20,6 @@ TASKS = {
     "distinction_multi_cross",
     "distinction_multi_intra",
 }
-
-
-def output_bytes(out: Path) -> dict[str, bytes]:
-    """Every file a reader uses, by relative path (ledger and manifest hold the output path itself)."""
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet"
-    }
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +51,7 @@ def test_demo_makes_every_task_and_validates(demo_ray):
 
 
 def test_ray_and_in_process_builds_are_byte_identical(demo_ray, demo_local):
-    a, b = output_bytes(demo_ray[0]), output_bytes(demo_local[0])
+    a, b = reader_files(demo_ray[0]), reader_files(demo_local[0])
     assert a.keys() == b.keys() and any(k.endswith(".tar") for k in a)
     diff = [k for k in a if a[k] != b[k]]
     assert not diff, diff
@@ -72,7 +63,7 @@ def test_building_twice_gives_the_same_bytes(demo_local, tmp_path, repo_root):
         [f"output={tmp_path}", "runtime.executor=local", "runtime.progress=false"],
     )
     build(cfg)
-    a, b = output_bytes(demo_local[0]), output_bytes(tmp_path)
+    a, b = reader_files(demo_local[0]), reader_files(tmp_path)
     assert a == b
 
 
@@ -101,11 +92,11 @@ def test_rejects_table_and_bank(demo_ray):
 
 def test_regen_changes_samples_without_touching_the_bank(demo_local, tmp_path):
     out, manifest = demo_local
-    before = output_bytes(out)
+    before = reader_files(out)
     m2 = regen(out, tmp_path / "regen", ["seed=7", "runtime.executor=local", "runtime.progress=false"])
     assert m2["kind"] == "regen" and m2["images"] == manifest["images"]
     assert validate_output(tmp_path / "regen") == []
-    assert output_bytes(out) == before
+    assert reader_files(out) == before
     k1 = {
         s["__key__"]
         for s in wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False)

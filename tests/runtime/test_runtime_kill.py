@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from test_runtime_build import output_bytes
+from tests_helpers import reader_files
 
 # small work units and cheaper settings: many commit boundaries, a few seconds per build
 ARGS = [
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_equals_clean_build(tmp_path, repo_root, executor, t
     t0 = time.monotonic()
     _run(_cmd(repo_root, ref, executor))
     duration = time.monotonic() - t0
-    want = output_bytes(ref)
+    want = reader_files(ref)
     assert any(k.endswith(".tar") for k in want)
     rng = random.Random(1234 + trials)
     landed = 0
@@ -77,7 +77,7 @@ def test_sigkill_then_resume_equals_clean_build(tmp_path, repo_root, executor, t
         if t % 2:
             landed += _run(_cmd(repo_root, out, executor), kill_after=rng.uniform(0.2, 0.8) * duration)
         _run(_cmd(repo_root, out, executor))
-        got = output_bytes(out)
+        got = reader_files(out)
         assert got.keys() == want.keys(), f"trial {t}: files differ"
         bad = [k for k in want if got[k] != want[k]]
         assert not bad, f"trial {t}: bytes differ in {bad}"
