@@ -123,6 +123,7 @@ class PairConfig:
                 p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             p.append(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        # below 64 px a reference or target no longer shows a recognisable subject
         if self.ref_size < 64:
             p.append(f"ref_size: must be >= 64, got {self.ref_size}")
         if self.target_max_side < 64:
@@ -160,6 +161,8 @@ class PairConfig:
             )
         if self.rewrite_batch_size < 1:
             p.append(f"rewrite_batch_size: must be >= 1, got {self.rewrite_batch_size}")
+        # Augmentation bounds: past 4x a cutout is mostly interpolation, past 45 degrees or a quarter
+        # of the side in perspective the subject stops looking like a photo of itself.
         lo, hi = self.scale_range
         if not 0.25 <= lo <= hi <= 4.0:
             p.append(f"scale_range: need 0.25 <= lo <= hi <= 4, got {self.scale_range}")

@@ -63,6 +63,7 @@ def embed_labels(labels: list[str]) -> np.ndarray:
             vec = torch.nn.functional.normalize(vec, dim=-1).numpy().astype(np.float32)
             for lb, v in zip(chunk, vec):
                 _label_vectors[lb] = v
+    # MiniLM-L6's sentence vectors are 384 wide
     return np.stack([_label_vectors[lb] for lb in labels]) if labels else np.zeros((0, 384), np.float32)
 
 

@@ -22,6 +22,8 @@ CANVAS_SIDE = {2: (0.3, 0.45), 3: (0.25, 0.38), 4: (0.22, 0.33)}
 CANVAS_GAP_PX = 8
 # Random placement tries per candidate before everything is shrunk and laid out again.
 PLACE_TRIES = 60
+# When a canvas layout fails, every candidate shrinks by SHRINK and the layout is tried again, at
+# most MAX_SHRINKS times (0.85^4 = 52% of the first size, still above the smallest useful subject).
 SHRINK = 0.85
 MAX_SHRINKS = 4
 # Upscaling a small subject more than this makes a blurry reference the model learns to recognise.

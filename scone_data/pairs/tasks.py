@@ -186,7 +186,7 @@ class TaskPlanner:
         cfg, j = self.cfg, self.cfg.jitter
         return dict(
             jitter=(
-                round(rng.uniform(-j, j) * 0.5, 4),
+                round(rng.uniform(-j, j) * 0.5, 4),  # brightness shift: half the jitter (it shows most)
                 round(rng.uniform(1 - j, 1 + j), 4),
                 round(rng.uniform(1 - j, 1 + j), 4),
             ),

@@ -167,10 +167,15 @@ def run_ray(
                 # (36 MB for a 12 MP photo) never travel back to it
                 "drop": DRIVER_UNUSED if i == len(segs) - 1 else (),
             },
+            # the first segment takes one unit per call; later ones take rows in the first stage's own
+            # batch size (a stage without one: 8 rows)
             batch_size=1 if i == 0 else getattr(seg[0], "batch_size", 8),
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=min(size, len(units))),
             num_gpus=gpus or None,
+            # the reader segment holds a whole CPU; later CPU segments half of one (they wait on their
+            # inputs much of the time, and two fit beside a reader on a 2-core machine); a GPU
+            # segment's CPU work overlaps its GPU work, so it reserves no CPU
             num_cpus=1 if i == 0 else (0.5 if not gpus else 0),
         )
     pending: dict[int, list[Batch]] = {}

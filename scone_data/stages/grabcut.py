@@ -32,6 +32,8 @@ class GrabCutSegmenter(Stage):
         errs = []
         if self.iterations < 1:
             errs.append("segment.iterations: must be >= 1")
+        # below 64 px GrabCut's colour models have too few pixels; past 2x the box the crop is mostly
+        # other objects, not the subject's own background
         if self.max_side < 64:
             errs.append("segment.max_side: must be >= 64")
         if not 0.05 <= self.context <= 2:
@@ -70,6 +72,7 @@ class GrabCutSegmenter(Stage):
 
         h, w = image.shape[:2]
         x0, y0, x1, y1 = box
+        # at least 8 px of margin: GrabCut's background model needs some pixels even around tiny boxes
         mx, my = max(8.0, (x1 - x0) * self.context), max(8.0, (y1 - y0) * self.context)
         cx0, cy0 = max(0, int(x0 - mx)), max(0, int(y0 - my))
         cx1, cy1 = min(w, int(np.ceil(x1 + mx))), min(h, int(np.ceil(y1 + my)))
