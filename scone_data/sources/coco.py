@@ -144,14 +144,22 @@ class CocoSource(Source):
         anns: dict[Any, list[dict]] = {}
         captions: dict[Any, str] = {}
         orphans: list[dict] = []
+        json_path = self._json_path  # resolved once: COCO train has ~860k annotations
         for j, a in enumerate(doc.get("annotations", [])):
-            where = f"{self._json_path}#annotations[{j}]"
             iid = a.get("image_id") if isinstance(a, dict) else None
             if not isinstance(a, dict) or not _usable_id(iid):
-                orphans.append(self._orphan(where, None, "bad_annotation", "not a dict with an image_id"))
+                orphans.append(
+                    self._orphan(
+                        f"{json_path}#annotations[{j}]", None, "bad_annotation", "not a dict with an image_id"
+                    )
+                )
                 continue
             if iid not in first_of:
-                orphans.append(self._orphan(where, None, "unknown_image_id", f"image_id={iid!r}"))
+                orphans.append(
+                    self._orphan(
+                        f"{json_path}#annotations[{j}]", None, "unknown_image_id", f"image_id={iid!r}"
+                    )
+                )
                 continue
             if "category_id" not in a and isinstance(a.get("caption"), str):
                 captions.setdefault(iid, a["caption"].strip())
@@ -159,7 +167,12 @@ class CocoSource(Source):
             cid = a.get("category_id")
             if not _usable_id(cid) or cid not in cats:
                 orphans.append(
-                    self._orphan(where, self._image_id(iid), "unknown_category", f"category_id={cid!r}")
+                    self._orphan(
+                        f"{json_path}#annotations[{j}]",
+                        self._image_id(iid),
+                        "unknown_category",
+                        f"category_id={cid!r}",
+                    )  # fmt: skip
                 )
                 continue
             anns.setdefault(iid, []).append(
@@ -217,8 +230,9 @@ class CocoSource(Source):
             except ValueError:
                 return rejected_row(where, self.name, "missing_file", image_id=image_id)
         else:
-            path = os.path.normpath(os.path.join(self._root, fname))
-            if not is_within(path, self._root):
+            root = self._root
+            path = os.path.normpath(os.path.join(root, fname))
+            if not is_within(path, root):
                 return rejected_row(path, self.name, "path_outside_root", image_id=image_id)
         license_ = idx.licenses.get(im.get("license")) if _usable_id(im.get("license")) else None
         meta = {"image_id": image_id, "caption": idx.captions.get(iid) or None, "license": license_}
