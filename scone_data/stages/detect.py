@@ -73,15 +73,7 @@ class GroundingDinoDetector(ModelStage):
         from scone_data.models.grounding_dino import GDINO_MODELS
         from scone_data.models.vocab import VOCABULARIES
 
-        out = registry.model_setting_problems(
-            "groundingdino",
-            self.model,
-            GDINO_MODELS,
-            self.checkpoint,
-            self.device,
-            self.num_gpus,
-            self.verify_sha256,
-        )
+        out = self.model_problems(GDINO_MODELS)
         for f in ("box_threshold", "text_threshold", "nms_iou", "dedup_iou"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 out.append(f"{f}: {getattr(self, f)} is outside [0, 1]")
@@ -105,11 +97,9 @@ class GroundingDinoDetector(ModelStage):
         )
         from scone_data.models.vocab import PhraseMatcher
 
-        ckpt = self.checkpoint
-        if self.model != "tiny":
-            name = registry.for_model("groundingdino", self.model).name
-            ckpt = str(registry.require(name, self.checkpoint, check_hash=self.verify_sha256))
-        model = build_grounding_dino(self.model, ckpt, seed=self.seed, tokenizer_dir=self.tokenizer_dir)
+        model = build_grounding_dino(
+            self.model, self.checkpoint_path(), seed=self.seed, tokenizer_dir=self.tokenizer_dir
+        )
         self._pred = GroundingDinoPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
         self._matcher = None if self.labels is not None else PhraseMatcher.from_names(list(self.vocabularies))
         self._max_tokens = MAX_TEXT_LEN

@@ -28,6 +28,20 @@ class ModelStage(Stage):
     def resources(self) -> dict[str, float]:
         return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
 
+    def model_problems(self, known: tuple[str, ...]) -> list[str]:
+        """Problems with the settings every model stage has (``known``: the family's model names)."""
+        return registry.model_setting_problems(
+            self.family, self.model, known, self.checkpoint, self.device, self.num_gpus, self.verify_sha256
+        )
+
+    def checkpoint_path(self) -> str | None:
+        """The file to load: the configured or cached official checkpoint, verified (a missing or
+        corrupt one raises ``CheckpointError`` with the fix); ``tiny`` loads ``checkpoint`` as given."""
+        if self.model == "tiny":
+            return self.checkpoint
+        name = registry.for_model(self.family, self.model).name
+        return str(registry.require(name, self.checkpoint, check_hash=self.verify_sha256))
+
     def model_info(self) -> dict:
         """Provenance of the outputs: the model's name and its checkpoint's sha256 (None for ``tiny``)."""
         return {

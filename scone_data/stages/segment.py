@@ -78,9 +78,7 @@ class SamSegmenter(ModelStage):
     def validate(self) -> list[str]:
         from scone_data.models.sam import ATTENTION_MODES, SAM_MODELS
 
-        out = registry.model_setting_problems(
-            "sam", self.model, SAM_MODELS, self.checkpoint, self.device, self.num_gpus, self.verify_sha256
-        )
+        out = self.model_problems(SAM_MODELS)
         if int(self.batch_size) < 1:
             out.append(f"batch_size: {self.batch_size} must be >= 1")
         choices = (*ATTENTION_MODES, "upstream")  # use_sdpa_'s modes, or segment-anything's own attention
@@ -95,10 +93,7 @@ class SamSegmenter(ModelStage):
 
         from scone_data.models.sam import SamBoxPredictor, build_sam, use_sdpa_
 
-        ckpt = self.checkpoint
-        if self.model != "tiny":
-            ckpt = str(registry.require(registry.for_model("sam", self.model).name, ckpt, self.verify_sha256))
-        model = build_sam(self.model, ckpt, seed=self.seed)
+        model = build_sam(self.model, self.checkpoint_path(), seed=self.seed)
         if self.attention != "upstream":
             use_sdpa_(model, mode=self.attention)
         self._pred = SamBoxPredictor(model, registry.resolve_device(self.device), bf16=self.bf16)
