@@ -21,40 +21,7 @@ import time
 from typing import Any, TextIO
 
 # the same rate limit as the build commands' JSON progress events (one setting, one place)
-from scone_data.runtime.progress import PROGRESS_EVERY_S, progress
-
-
-class Phase:
-    """One progress phase: a tqdm bar for people, rate-limited JSON lines for machines."""
-
-    def __init__(self, reporter: Reporter, total: int | None, desc: str):
-        self.r, self.total, self.desc, self.done = reporter, total, desc, 0
-        self._last = time.monotonic()  # the first line comes after PROGRESS_EVERY_S, the last at close
-        self._bar = None if reporter.log_json else progress(total or 0, desc, enabled=reporter.show_progress)
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        now = time.monotonic()
-        if self.r.log_json and now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
-            self._emit()
-
-    def _emit(self) -> None:
-        self.r.emit("progress", phase=self.desc, done=self.done, total=self.total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        if self.r.log_json:
-            self._emit()
-
-    def __enter__(self) -> Phase:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+from scone_data.runtime.progress import JsonBar, progress
 
 
 class Reporter:
@@ -86,8 +53,11 @@ class Reporter:
     def start(self, **settings: Any) -> None:
         self.emit("start", **settings)
 
-    def phase(self, total: int | None, desc: str) -> Phase:
-        return Phase(self, total, desc)
+    def phase(self, total: int | None, desc: str):
+        """One progress phase: rate-limited JSON lines (``--log-json``) or a tqdm bar."""
+        if self.log_json:
+            return JsonBar(total, desc, sink=self.emit)
+        return progress(total or 0, desc, enabled=self.show_progress)
 
     def summary(self, title: str, counts: dict[str, Any], ok: bool = True) -> None:
         """Print ``counts`` as a two-column table on stdout and emit the ``summary`` event."""

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -39,27 +40,38 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps(rec, default=str, sort_keys=False), file=sys.stderr, flush=True)
 
 
-class _JsonBar:
-    """tqdm's ``update``/``close`` as rate-limited ``progress`` events."""
+class JsonBar:
+    """tqdm's ``update``/``close`` (and ``with``) as rate-limited ``progress`` events: the first after
+    :data:`PROGRESS_EVERY_S`, then at most one per interval, and always one at ``close``.
+    ``sink``: where events go (this module's :func:`emit`, or an interop ``Reporter``'s)."""
 
-    def __init__(self, total: int, desc: str, initial: int):
+    def __init__(
+        self, total: int | None, desc: str, initial: int = 0, sink: Callable[..., None] | None = None
+    ):
         self.total, self.desc, self.done = total, desc, initial
+        self._emit = sink or emit
         self._last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
         self.done += n
         if time.monotonic() - self._last >= PROGRESS_EVERY_S:
             self._last = time.monotonic()
-            emit("progress", phase=self.desc, done=self.done, total=self.total)
+            self._emit("progress", phase=self.desc, done=self.done, total=self.total)
 
     def close(self) -> None:
-        emit("progress", phase=self.desc, done=self.done, total=self.total)
+        self._emit("progress", phase=self.desc, done=self.done, total=self.total)
+
+    def __enter__(self) -> JsonBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def progress(total: int, desc: str, initial: int = 0, enabled: bool = True):
     """A progress bar: tqdm (shown on terminals when ``enabled``), or JSON events in --log-json mode."""
     if _json:
-        return _JsonBar(total, desc, initial)
+        return JsonBar(total, desc, initial)
     return tqdm(
         total=total,
         initial=initial,
