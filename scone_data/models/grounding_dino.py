@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scone_data.models.sam import load_state_dict, randomize_
+from scone_data.models.common import bf16_autocast, load_state_dict, randomize_
 
 MAX_TEXT_LEN = 256  # Grounding DINO's text limit in tokens ([CLS] and [SEP] included)
 TEXT_CACHE_SIZE = 4096  # cached caption encodings per predictor (a few MB each at most)
@@ -177,10 +177,6 @@ def preprocess_caption(caption: str) -> str:
     return c if c.endswith(".") else c + "."
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 class GroundingDinoPredictor:
     """Batched Grounding DINO. ``forward_torch`` gives raw outputs; ``predict`` upstream-style triples."""
 
@@ -214,7 +210,7 @@ class GroundingDinoPredictor:
         self_mask, pos_ids = self_mask[:, :L, :L], pos_ids[:, :L]
         enc_in = {k: v[:, :L] for k, v in tok.items() if k != "attention_mask"}
         enc_in.update(attention_mask=self_mask, position_ids=pos_ids)
-        with _autocast(self.device, self.bf16):
+        with bf16_autocast(self.device, self.bf16):
             hidden = m.bert(**enc_in)["last_hidden_state"]
             encoded = m.feat_map(hidden)
         out = {
@@ -291,7 +287,7 @@ class GroundingDinoPredictor:
         texts = [self.encode_text(c) for caps in captions for c in caps]
         if not texts:
             return [[] for _ in images]
-        with _autocast(self.device, self.bf16):
+        with bf16_autocast(self.device, self.bf16):
             features, poss = m.backbone(samples)
             srcs, masks = [], []
             for lvl, feat in enumerate(features):

@@ -13,13 +13,14 @@ predicted IoU, SAM's stability score and the binary mask at the original image s
 
 from __future__ import annotations
 
-import contextlib
 from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from scone_data.models.common import bf16_autocast, load_state_dict, randomize_
 
 STABILITY_OFFSET = 1.0  # SAM's default stability_score_offset (automatic_mask_generator.py)
 _TINY_IMG = 128  # tiny preset input side: 8x8 embedding grid, 32x32 low-res masks
@@ -61,42 +62,6 @@ sam_builders = {
                     dec_mlp=64, dec_heads=2, iou_hidden=32),
 }  # fmt: skip
 SAM_MODELS = tuple(sam_builders)
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill zero-initialised parameters (rel-pos tables, biases, ...) with N(0, 0.02) noise, seeded.
-
-    Upstream zero-inits several tensors, which would make random-weight equivalence tests blind to
-    them (a zero rel-pos table hides a wrong rel-pos implementation).
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: safetensors, or a torch pickle read with ``weights_only=True``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    import pickle
-
-    from scone_data.models.registry import CheckpointError
-
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's own message suggests weights_only=False, which would run the file's code: never do that
-        raise CheckpointError(
-            f"{path}: refused: the file holds Python objects other than tensors ({str(e).splitlines()[0][:120]}); "
-            "use an official checkpoint (`scone-data weights fetch NAME`) or a .safetensors file"
-        ) from None
-    return sd.get("model", sd) if isinstance(sd, dict) else sd
 
 
 def build_sam(name: str, checkpoint: str | Path | None = None, seed: int = 0, random_init: bool = False):
@@ -238,12 +203,6 @@ def use_sdpa_(model, mode: str = "flash") -> int:
     return n
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 class SamBoxPredictor:
     """Box-prompted SAM over batches of images. NumPy in/out (:meth:`predict`) or torch (`*_torch`).
 
@@ -269,7 +228,7 @@ class SamBoxPredictor:
     def embed_torch(self, prepared: list[torch.Tensor]) -> torch.Tensor:
         """Image embeddings (B, C, h, w) float32 of prepared images (:meth:`prepare`), one encoder call."""
         x = torch.stack([self.model.preprocess(p.to(self.device)[None])[0] for p in prepared])
-        with _autocast(self.device, self.bf16):
+        with bf16_autocast(self.device, self.bf16):
             emb = self.model.image_encoder(x)
         return emb.float()
 

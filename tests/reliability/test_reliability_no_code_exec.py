@@ -57,7 +57,7 @@ def test_malicious_checkpoint_is_refused_by_both_model_loaders(tmp_path):
     from scone_data.models import grounding_dino, sam
 
     path, marker = _evil_checkpoint(tmp_path)
-    # Grounding DINO reads checkpoints through SAM's loader (building its tiny model costs ~9 s)
+    # both families read checkpoints through one loader, models.common (building tiny DINO costs ~9 s)
     assert grounding_dino.load_state_dict is sam.load_state_dict
     for load in (
         lambda: sam.build_sam("tiny", checkpoint=path),
