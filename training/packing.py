@@ -14,7 +14,7 @@ import random
 import torch
 from scone_train.data import Resize, _seed
 from scone_train.layers import flattened_position_ids
-from scone_train.tokenizer import encode
+from scone_train.tokenizer import encode, special_ids
 from scone_train.vit import patchify
 
 
@@ -200,3 +200,21 @@ def move_batch(batch: dict, device) -> dict:
         else:
             out[k] = v
     return out
+
+
+def sequence_builder(model, tok, data: dict, seed: int) -> SequenceBuilder:
+    """The builder for ``model``'s geometry: image sizes from ``data`` (a stage's ``data`` section;
+    ``vae_image``/``vit_image`` required), its token dropout (none when absent), ``seed``."""
+    mc = model.cfg
+    return SequenceBuilder(
+        tok,
+        special_ids(tok),
+        Resize(**data["vae_image"]),
+        Resize(**data["vit_image"]),
+        model.vit_cfg.patch_size,
+        mc.vae_downsample * mc.latent_patch_size,
+        mc.max_latent_size,
+        mc.vit_max_num_patch_per_side,
+        data.get("dropout", {}),
+        seed,
+    )

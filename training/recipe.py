@@ -20,10 +20,9 @@ import torch.distributed as tdist
 from safetensors.torch import load_file, save_file
 from scone_train import dist
 from scone_train.checkpoint import build_model, load_optimizer, save_model_dir, save_optimizer
-from scone_train.data import Resize, _seed, list_shards
+from scone_train.data import _seed, list_shards
 from scone_train.loader import LoaderState, PackedStream, make_loader
-from scone_train.packing import SequenceBuilder, move_batch
-from scone_train.tokenizer import special_ids
+from scone_train.packing import SequenceBuilder, move_batch, sequence_builder
 
 log = logging.getLogger("scone_train")
 
@@ -42,19 +41,7 @@ def set_trainable(model, trainable: list[str], frozen: list[str]) -> list[str]:
 
 
 def make_builder(cfg: dict, model, tok) -> SequenceBuilder:
-    d, mc = cfg["data"], model.cfg
-    return SequenceBuilder(
-        tok,
-        special_ids(tok),
-        Resize(**d["vae_image"]),
-        Resize(**d["vit_image"]),
-        model.vit_cfg.patch_size,
-        mc.vae_downsample * mc.latent_patch_size,
-        mc.max_latent_size,
-        mc.vit_max_num_patch_per_side,
-        d.get("dropout", {}),
-        cfg["train"]["seed"],
-    )
+    return sequence_builder(model, tok, cfg["data"], cfg["train"]["seed"])
 
 
 @torch.no_grad()

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from scone_train.data import Resize, _seed, decode_sample, iter_raw, list_shards
-from scone_train.packing import SequenceBuilder
-from scone_train.tokenizer import special_ids
+from scone_train.data import _seed, decode_sample, iter_raw, list_shards
+from scone_train.packing import SequenceBuilder, sequence_builder
 
 log = logging.getLogger("scone_train")
 
@@ -173,19 +172,11 @@ def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limi
     data = cfg.get("data", {})
     model.to(dev).eval()
     vae.to(dev).eval()
-    mc = model.cfg
-    builder = SequenceBuilder(
-        tok,
-        special_ids(tok),
-        Resize(**data.get("vae_image", BAGEL_VAE_IMAGE)),
-        Resize(**data.get("vit_image", BAGEL_VIT_IMAGE)),
-        model.vit_cfg.patch_size,
-        mc.vae_downsample * mc.latent_patch_size,
-        mc.max_latent_size,
-        mc.vit_max_num_patch_per_side,
-        {},
-        seed,
-    )
+    sizes = {
+        "vae_image": data.get("vae_image", BAGEL_VAE_IMAGE),
+        "vit_image": data.get("vit_image", BAGEL_VIT_IMAGE),
+    }
+    builder = sequence_builder(model, tok, sizes, seed)  # no token dropout when sampling
     mask_cfg = cfg.get("mask")  # the stage's own setting: stage 2 step 1 samples with the Scone mask
     out.mkdir(parents=True, exist_ok=True)
     records, rows = [], []
