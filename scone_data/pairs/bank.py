@@ -65,12 +65,12 @@ class BankIndex:
             "val": defaultdict(list),
         }
         for s in sorted(subjects, key=lambda s: s["subject_id"]):
-            reason = self._check(s, images, cfg)
+            reason, box = self._check(s, images, cfg)
             if reason:
                 self.rejects[reason] += 1
                 continue
             img = images[s["image_id"]]
-            mbox, area = mask_box(s["mask_rle"])
+            mbox, area = box
             b = BankSubject(
                 subject_id=s["subject_id"],
                 image_id=s["image_id"],
@@ -97,17 +97,19 @@ class BankIndex:
                 self._group_label[(self.group_of[i], b.label)].append(b)
 
     @staticmethod
-    def _check(s: dict, images: dict[str, dict], cfg) -> str | None:
+    def _check(s: dict, images: dict[str, dict], cfg) -> tuple[str | None, tuple | None]:
+        """(reject reason or None, the mask's (box, area) once computed)."""
         img = images.get(s["image_id"])
         if img is None:
-            return "subject_image_missing"
+            return "subject_image_missing", None
         h, w = s["mask_rle"]["size"]
         if (h, w) != (img["height"], img["width"]):
-            return "subject_mask_size_mismatch"
-        (x0, y0, x1, y1), area = mask_box(s["mask_rle"])
+            return "subject_mask_size_mismatch", None
+        box = mask_box(s["mask_rle"])
+        (x0, y0, x1, y1), area = box
         if min(x1 - x0, y1 - y0) < cfg.min_subject_side_px or area < cfg.min_subject_area_frac * h * w:
-            return "subject_too_small"
-        return None
+            return "subject_too_small", box
+        return None, box
 
     def split_of_image(self, image_id: str) -> str:
         return self.by_image[image_id][0].split

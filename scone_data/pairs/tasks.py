@@ -73,16 +73,17 @@ class TaskPlanner:
             if task.startswith("composition"):
                 ok = len(subs) >= need
             elif task.endswith("cross"):
-                ok = len({b.label for b in subs}) >= need and self._free_labels(subs)
+                ok = len({b.label for b in subs}) >= need and self._has_free_label(subs)
             else:
                 ok = len({b.label for b in subs if self._intra_able(b, subs)}) >= need
             if ok:
                 out.append(image_id)
         return out
 
-    def _free_labels(self, subs: list[BankSubject]) -> list[str]:
-        present = {b.label for b in subs}
-        return [lb for lb in self.bank.labels(subs[0].split) if lb not in present]
+    def _has_free_label(self, subs: list[BankSubject]) -> bool:
+        """Whether the image's split has a label the image lacks (a cross distractor's label). An
+        image's subjects share one split and their labels are among its labels: a count suffices."""
+        return len(self.bank.by_label[subs[0].split]) > len({b.label for b in subs})
 
     def _intra_able(self, b: BankSubject, subs: list[BankSubject]) -> bool:
         in_image = sum(1 for o in subs if o.label == b.label) >= 2
