@@ -34,6 +34,9 @@ class BankSubject:
     area: float
     color: str
     split: str
+    # colour shares of the eroded mask, ((name, share), ...) largest first; empty when the bank does not
+    # record them (then no colour word is ever used for this subject)
+    colors: tuple[tuple[str, float], ...] = ()
 
 
 def split_of(image: dict, val_fraction: float) -> str:
@@ -54,9 +57,20 @@ def mask_box(rle: dict) -> tuple[tuple[float, float, float, float], float]:
 class BankIndex:
     """Subjects grouped by split, image and label, in a deterministic order (sorted by subject id)."""
 
-    def __init__(self, subjects: list[dict], images: dict[str, dict], cfg) -> None:
+    def __init__(self, subjects: list[dict], images: dict[str, dict], cfg, others=()) -> None:
         self.rejects: Counter = Counter()
         self.images = images
+        # Every instance known in an image, usable or not: (subject_id or "", label, box). A target must
+        # not show an instance of a label its instruction names beyond the intended ones, and a subject
+        # the filters dropped (too small, bad mask) is still in the photo. ``others``: subject rejects
+        # that kept their box ({"image_id", "label", "box_xyxy"}).
+        self.scene: dict[str, list[tuple[str, str, tuple[float, ...]]]] = defaultdict(list)
+        for s in sorted(subjects, key=lambda s: s["subject_id"]):
+            box = s.get("box_xyxy") or mask_box(s["mask_rle"])[0]
+            self.scene[s["image_id"]].append((s["subject_id"], s["label"], tuple(box)))
+        for o in others:
+            if o.get("box_xyxy") and o.get("label"):
+                self.scene[o["image_id"]].append(("", o["label"], tuple(o["box_xyxy"])))
         self.by_id: dict[str, BankSubject] = {}
         self.by_image: dict[str, list[BankSubject]] = defaultdict(list)
         # split -> label -> subjects of that label in that split
@@ -80,6 +94,7 @@ class BankIndex:
                 area=area,
                 color=str(s.get("attributes", {}).get("color", "")),
                 split=split_of(img, cfg.val_fraction),
+                colors=color_shares(s.get("attributes", {})),
             )
             self.by_id[b.subject_id] = b
             self.by_image[b.image_id].append(b)
@@ -152,6 +167,12 @@ class BankIndex:
 
     def labels(self, split: str) -> list[str]:
         return sorted(self.by_label[split])
+
+
+def color_shares(attributes: dict) -> tuple[tuple[str, float], ...]:
+    """``attributes["colors"]`` (a list of ``{"name", "share"}``) as ``((name, share), ...)``, largest first."""
+    out = [(str(c["name"]), float(c["share"])) for c in attributes.get("colors") or ()]
+    return tuple(sorted(out, key=lambda ns: (-ns[1], ns[0])))
 
 
 def informative(color: str) -> bool:

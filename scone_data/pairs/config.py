@@ -65,15 +65,25 @@ class PairConfig:
     distractor_difficulty: str = "any"
     intra_strategy: str = "random"
     embedding_model: str | None = None  # for intra_strategy "embedding"
-    # Probability that an intra reference is a natural crop when the source holds several instances.
-    # Off by default: the crop's look-alikes are in the target image too, so the target shows the
-    # distractors the instruction says to leave out (fine for "pick it out of a real scene" data only).
-    crop_prob: float = 0.0
+    # Probability that an intra reference is a natural crop when the source holds several instances (always
+    # tried when the label occurs in no other image; 0 turns natural crops off). The target is then a crop
+    # of the same photo that holds the intended instance and none of the others.
+    crop_prob: float = 0.5
+    # Targets: a photo showing another instance of a label the instruction names is cropped to leave it
+    # out; the crop keeps at least this share of the photo's area, sides of at least this many source
+    # pixels, and an aspect ratio (long side / short side) of at most target_max_aspect, or the draw fails.
+    target_min_area_frac: float = 0.15
+    target_min_side_px: int = 96
+    target_max_aspect: float = 2.5
+    # A reference whose intended subject aligns with the target better than this (best normalised
+    # cross-correlation of the two patches, flipped or not; 1.0 = a pixel copy) is not written. 1.0 keeps
+    # everything; the score is recorded per reference either way (``references[i].copy_paste``).
+    max_copy_paste: float = 1.0
     # Anti-copy-paste augmentations on references (probabilities and magnitudes).
     flip_prob: float = 0.5
     scale_range: tuple[float, float] = (0.8, 1.2)
-    rotate_max_deg: float = 10.0
-    perspective_max: float = 0.06  # corner displacement, fraction of the patch side
+    rotate_max_deg: float = 20.0
+    perspective_max: float = 0.1  # corner displacement, fraction of the patch side
     jitter: float = 0.15  # brightness/contrast/saturation, relative
     erode_max_px: int = 2
     feather_max_px: float = 2.0
@@ -88,7 +98,7 @@ class PairConfig:
     # Group sources (images sharing a group_id): probability that an intended subject's reference is cut
     # from a matched subject (same label, most similar colour inside the mask, at least
     # ``group_min_similarity`` histogram intersection) in another image of the target's group.
-    group_reference_prob: float = 0.5
+    group_reference_prob: float = 1.0
     group_min_similarity: float = 0.5
 
     def validate(self) -> list[str]:
@@ -118,6 +128,8 @@ class PairConfig:
             "jitter",
             "group_reference_prob",
             "group_min_similarity",
+            "target_min_area_frac",
+            "max_copy_paste",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
@@ -170,6 +182,10 @@ class PairConfig:
             p.append(f"rotate_max_deg: must be in [0, 45], got {self.rotate_max_deg}")
         if not 0.0 <= self.perspective_max <= 0.25:
             p.append(f"perspective_max: must be in [0, 0.25], got {self.perspective_max}")
+        if self.target_min_side_px < 16:
+            p.append(f"target_min_side_px: must be >= 16, got {self.target_min_side_px}")
+        if not 1.0 <= self.target_max_aspect <= 10.0:
+            p.append(f"target_max_aspect: must be in [1, 10], got {self.target_max_aspect}")
         if self.feather_max_px < 0:
             p.append(f"feather_max_px: must be >= 0, got {self.feather_max_px}")
         bad = [b for b in self.backgrounds if b not in BACKGROUNDS]

@@ -1,8 +1,12 @@
-"""Instruction templates: several phrasings per task type, the source caption woven in when present.
+"""Instruction templates: several phrasings per task type, the source caption woven in when it holds.
 
-A template gets ``{subjects}``: each subject named by its reference ("the dog from image 1 and the red
-mug from image 2"), and, for captioned variants, ``{caption}``. Distinction templates also say that the
-other things in the reference are to be left out, since that is what the task teaches.
+A template gets ``{subjects}``: each subject named once by its reference ("the dog from image 1 and the
+red mug from image 2"), ``{noun}`` (the label of a single intended subject) and ``{nouns}`` (its plural).
+Rules every template keeps, because the target is a real photo (or a crop of one), not a generated scene:
+it never promises a "new" photo or scene; it uses no pronoun for a subject ("it" is wrong for a person);
+it mentions each reference exactly once, inside ``{subjects}``. Distinction templates say that the other
+candidates are to be left out, since that is what the task teaches. The text checker
+(:mod:`scone_data.pairs.truth`) reads every instruction back against these rules.
 """
 
 from __future__ import annotations
@@ -13,36 +17,44 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "composition_single": (
         "Generate an image of {subjects}.",
         "Create a photo featuring {subjects}.",
-        "Show {subjects} in a natural scene.",
-        "Make a realistic picture that contains {subjects}.",
+        "Show {subjects} in a photo.",
+        "Make a realistic picture of {subjects}.",
+        "A photograph of {subjects}.",
+        "Produce a photo in which {subjects} appears.",
     ),
     "composition_multi": (
         "Generate an image containing {subjects}.",
         "Create one photo in which {subjects} appear together.",
         "Compose a scene with {subjects}.",
-        "Make a realistic picture showing {subjects} in the same place.",
+        "Make a realistic picture showing {subjects} together.",
+        "Put {subjects} into one photo.",
+        "A single photograph with {subjects}.",
     ),
     "distinction_single_cross": (
-        "Generate an image of {subjects}; ignore the other objects in the reference.",
-        "Out of everything in image 1, use only {subjects} and create a new photo of it.",
+        "Generate an image of {subjects}; ignore the other things in the reference.",
+        "Use only {subjects} and leave out everything else.",
         "Create a photo featuring {subjects} and nothing else from the reference.",
-        "Pick {subjects} and show it in a natural scene.",
+        "Show {subjects}, without the other things next to the {noun}.",
+        "Make a picture of {subjects} alone.",
     ),
     "distinction_single_intra": (
-        "Generate an image of {subjects}; leave out the other ones.",
-        "Image 1 shows several similar objects: use only {subjects} and create a new photo of it.",
-        "Create a photo featuring {subjects}, not the others in the reference.",
-        "Find {subjects} and show it in a natural scene.",
+        "Generate an image of {subjects}; leave out the other {nouns}.",
+        "Use only {subjects}, not the other {nouns}.",
+        "Create a photo featuring {subjects} and none of the other {nouns}.",
+        "Find {subjects} and make a photo with just that {noun}.",
+        "Of the {nouns} shown, take {subjects} only.",
     ),
     "distinction_multi_cross": (
         "Generate an image containing {subjects}; ignore everything else in the references.",
-        "From each reference take only the named object and compose a scene with {subjects}.",
-        "Create one photo with {subjects}, leaving out the other objects.",
+        "Compose a scene with {subjects}, taking nothing else from the references.",
+        "Create one photo with {subjects}, leaving out the other things.",
+        "Use only {subjects} and put them in one photo.",
     ),
     "distinction_multi_intra": (
-        "Generate an image containing {subjects}; leave out the similar ones.",
-        "Each reference shows several similar objects: use only {subjects} and compose one scene.",
-        "Create one photo with {subjects}, not the other look-alikes.",
+        "Generate an image containing {subjects}; leave out the look-alikes.",
+        "Each reference shows several similar subjects: use only {subjects} in one photo.",
+        "Create one photo with {subjects} and none of the others.",
+        "Pick {subjects}, not their look-alikes, and put them in one photo.",
     ),
 }
 
@@ -52,7 +64,7 @@ CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Generate an image that matches this description: {caption}. It must contain {subjects}.",
     ),
     "distinction": (
-        "{caption_cap}. Use only {subjects} from the references.",
+        "{caption_cap}. Use only {subjects}.",
         "Generate an image that matches this description: {caption}. Take only {subjects}.",
     ),
 }
@@ -60,10 +72,45 @@ CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
 # A caption longer than this is mostly detail the references cannot supply; it is left out.
 MAX_CAPTION_CHARS = 300
 
+_IRREGULAR = {
+    "person": "people",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "foot": "feet",
+    "tooth": "teeth",
+    "mouse": "mice",
+    "goose": "geese",
+    "sheep": "sheep",
+    "fish": "fish",
+    "deer": "deer",
+    "glasses": "glasses",
+    "scissors": "scissors",
+    "knife": "knives",
+    "leaf": "leaves",
+    "shelf": "shelves",
+}
+
+
+def plural(noun: str) -> str:
+    """English plural of a label's last word: ``"coin" -> "coins"``, ``"potted plant" -> "potted plants"``."""
+    *head, last = noun.split(" ")
+    if last in _IRREGULAR:
+        p = _IRREGULAR[last]
+    elif last.endswith(("s", "x", "z", "ch", "sh")):
+        p = last + "es"
+    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u"):
+        p = last[:-1] + "ies"
+    else:
+        p = last + "s"
+    return " ".join([*head, p])
+
 
 def name_subject(phrase: str, ref_index: int) -> str:
-    """``"the dog"``, 0 -> ``"the dog from image 1"`` (references are numbered from 1 for people)."""
-    return f"{phrase} from image {ref_index + 1}"
+    """``"the dog"``, 0 -> ``"the dog from image 1"``; ``"the second flag from the left"`` ->
+    ``"the second flag from the left in image 1"`` (no doubled "from"). References count from 1."""
+    joiner = "in" if " from the " in phrase else "from"
+    return f"{phrase} {joiner} image {ref_index + 1}"
 
 
 def join_names(names: list[str]) -> str:
@@ -72,8 +119,11 @@ def join_names(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def instruction(task: str, names: list[str], caption: str | None, rng: random.Random, cfg) -> str:
-    """The instruction text for one sample; ``names`` from :func:`name_subject`, in reference order."""
+def instruction(
+    task: str, names: list[str], labels: list[str], caption: str | None, rng: random.Random, cfg
+) -> str:
+    """The instruction text for one sample; ``names`` from :func:`name_subject` and the intended labels,
+    both in reference order; ``caption``: the target's own caption, or None."""
     subjects = join_names(names)
     cap = (caption or "").strip().rstrip(".")
     # Drawn whether or not there is a caption, so adding captions to a source keeps the other draws.
@@ -82,4 +132,4 @@ def instruction(task: str, names: list[str], caption: str | None, rng: random.Ra
         family = "composition" if task.startswith("composition") else "distinction"
         t = rng.choice(CAPTION_TEMPLATES[family])
         return t.format(subjects=subjects, caption=cap, caption_cap=cap[0].upper() + cap[1:])
-    return rng.choice(TEMPLATES[task]).format(subjects=subjects)
+    return rng.choice(TEMPLATES[task]).format(subjects=subjects, noun=labels[0], nouns=plural(labels[0]))

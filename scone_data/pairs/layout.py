@@ -142,3 +142,92 @@ def crop_to_ref(box, crop, scale: float, flip: bool, ref_w: int) -> tuple[float,
     if flip:
         x0, x1 = ref_w - x1, ref_w - x0
     return round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)
+
+
+# A target crop may show at most this share of another named-label instance's box (a sliver at the
+# crop's edge from box rounding); more would show the instance the instruction says to leave out.
+TARGET_MAX_VISIBLE = 0.02
+# Above this many other instances the exhaustive edge search (edges^4 crops) is not worth it: a photo
+# with a crowd of the named label gives no clean target.
+TARGET_MAX_OBSTACLES = 12
+
+
+def plan_target_crop(
+    keep: list[tuple[float, float, float, float]],
+    avoid: list[tuple[float, float, float, float]],
+    img_wh: tuple[int, int],
+    min_area_frac: float,
+    min_side_px: int,
+    max_aspect: float,
+) -> tuple[int, int, int, int] | None | str:
+    """The largest crop of the image that holds every ``keep`` box whole and shows at most
+    :data:`TARGET_MAX_VISIBLE` of any ``avoid`` box, with area >= ``min_area_frac`` of the image, both
+    sides >= ``min_side_px`` and aspect ratio <= ``max_aspect``.
+
+    Returns None when the whole image already qualifies (nothing to avoid is visible), the crop box
+    (integer x0, y0, x1, y1, exclusive), or the reason there is none: ``"target_instance_overlaps"``
+    (an instance to avoid overlaps the intended ones), ``"target_crowded"``, ``"target_crop_too_small"``.
+    """
+    W, H = img_wh
+    u = int_box(
+        (min(b[0] for b in keep), min(b[1] for b in keep), max(b[2] for b in keep), max(b[3] for b in keep))
+    )
+    u = (max(0, u[0]), max(0, u[1]), min(W, u[2]), min(H, u[3]))
+    avoid = [b for b in avoid if _visible(b, (0, 0, W, H)) > TARGET_MAX_VISIBLE]
+    if not avoid:
+        return None
+    if any(_visible(b, u) > TARGET_MAX_VISIBLE for b in avoid):
+        return "target_instance_overlaps"
+    if len(avoid) > TARGET_MAX_OBSTACLES:
+        return "target_crowded"
+    # A maximal crop has each edge at the image border or at an avoided box's edge facing the kept union.
+    xs0 = sorted({0} | {math.ceil(b[2]) for b in avoid if b[2] <= u[0]})
+    xs1 = sorted({W} | {math.floor(b[0]) for b in avoid if b[0] >= u[2]})
+    ys0 = sorted({0} | {math.ceil(b[3]) for b in avoid if b[3] <= u[1]})
+    ys1 = sorted({H} | {math.floor(b[1]) for b in avoid if b[1] >= u[3]})
+    best, best_area = None, 0
+    for x0 in xs0:
+        for x1 in xs1:
+            for y0 in ys0:
+                for y1 in ys1:
+                    c = _fit_aspect((x0, y0, x1, y1), u, max_aspect)
+                    if c is None:
+                        continue
+                    area = (c[2] - c[0]) * (c[3] - c[1])
+                    if area <= best_area or min(c[2] - c[0], c[3] - c[1]) < min_side_px:
+                        continue
+                    if any(_visible(b, c) > TARGET_MAX_VISIBLE for b in avoid):
+                        continue
+                    best, best_area = c, area
+    if best is None or best_area < min_area_frac * W * H:
+        return "target_crop_too_small"
+    return best
+
+
+def _fit_aspect(c, u, max_aspect: float):
+    """``c`` shrunk along its long side (around ``u``, staying inside ``c``) to aspect <= ``max_aspect``;
+    None when ``u`` itself does not fit."""
+    x0, y0, x1, y1 = c
+    w, h = x1 - x0, y1 - y0
+    if w <= 0 or h <= 0:
+        return None
+    if w > max_aspect * h:
+        nw = int(max_aspect * h)
+        x0, x1 = _shrink(x0, x1, u[0], u[2], nw)
+        if x0 is None:
+            return None
+    elif h > max_aspect * w:
+        nh = int(max_aspect * w)
+        y0, y1 = _shrink(y0, y1, u[1], u[3], nh)
+        if y0 is None:
+            return None
+    return x0, y0, x1, y1
+
+
+def _shrink(a0: int, a1: int, k0: int, k1: int, n: int):
+    """An interval of length ``n`` inside [a0, a1] holding [k0, k1], centred on it where possible."""
+    if k1 - k0 > n:
+        return None, None
+    s = round((k0 + k1) / 2 - n / 2)
+    s = min(max(s, a0, k1 - n), a1 - n, k0)
+    return s, s + n

@@ -40,12 +40,14 @@ def sample_key(seed: int, task: str, refs: list[ReferencePlan]) -> tuple[str, in
 
 
 def plan_samples(
-    subjects: list[dict], images: dict[str, dict], cfg: PairConfig, *, load_image=None
+    subjects: list[dict], images: dict[str, dict], cfg: PairConfig, *, load_image=None, others=()
 ) -> tuple[list[SamplePlan], Counter]:
     """Plan up to ``cfg.num_samples`` samples from Subject records and their SourceImage records.
 
     ``load_image`` (image_id -> HxWx3 uint8 RGB) is needed for ``intra_strategy="histogram"``; with it,
     subjects of group sources are matched by colour histogram, without it by colour name and size.
+    ``others``: subject rejects that kept their box (``{"image_id", "label", "box_xyxy"}``): still in the
+    photo, so targets leave them out as they leave out usable subjects.
     Returns the plans in slot order and a Counter of reasons for everything not planned (subjects
     filtered out, failed draws, unfilled slots) and of notes (group references that found no match,
     rewrites that were not used). Raises ValueError listing every bad setting.
@@ -55,7 +57,7 @@ def plan_samples(
         problems.append(f"intra_strategy: {cfg.intra_strategy!r} needs plan_samples(..., load_image=...)")
     if problems:
         raise ValueError("invalid PairConfig: " + "; ".join(problems))
-    bank = BankIndex(subjects, images, cfg)
+    bank = BankIndex(subjects, images, cfg, others)
     rejects: Counter = Counter(bank.rejects)
     rng = random.Random(f"scone-data/pairs/{cfg.seed}")
     planner = TaskPlanner(bank, cfg, load_image)
@@ -78,17 +80,17 @@ def plan_samples(
             if isinstance(out, str):
                 rejects[out] += 1
                 continue
-            refs, targets, names, (tw, th) = out
+            refs, targets, names, (tw, th), crop, scene = out
             key, seed = sample_key(cfg.seed, task, refs)
             if key in keys:
                 rejects["duplicate_sample"] += 1
                 continue
             keys.add(key)
-            text = planner.instruction(task, names, image_id, random.Random(seed))
+            labels = [t.label for t in targets]
+            text = planner.instruction(task, names, labels, image_id, crop is not None, random.Random(seed))
+            split = bank.split_of_image(image_id)
             plans.append(
-                SamplePlan(
-                    key, task, bank.split_of_image(image_id), image_id, tw, th, refs, targets, text, seed
-                )
+                SamplePlan(key, task, split, image_id, tw, th, refs, targets, text, seed, crop, scene)
             )
             image_uses[image_id] += 1
             rejects.update(planner.notes)

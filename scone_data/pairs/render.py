@@ -41,8 +41,15 @@ def render_sample(
     rng = np.random.default_rng(plan.seed)
     members: dict[str, bytes] = {}
     refs = []
+    target = get(plan.image_id)
+    if plan.target_crop is not None:
+        x0, y0, x1, y1 = plan.target_crop
+        target = target[y0:y1, x0:x1]
+    if (target.shape[1], target.shape[0]) != (plan.width, plan.height):
+        target = cv2.resize(target, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
+    target_box = {t.ref_index: t.box for t in plan.target_boxes}
     for i, r in enumerate(plan.references):
-        img, boxes, aug = _render_reference(r, get, rng)
+        img, boxes, areas, mask, aug = _render_reference(r, get, rng)
         img = augment.jitter(img, *r.jitter)
         member = f"ref{i}.jpg"
         members[member] = encode_jpeg(img, cfg.jpeg_quality)
@@ -53,9 +60,15 @@ def render_sample(
                 "box_xyxy": [round(float(v), 2) for v in box],
                 "intended": c.intended,
                 "source_image_id": c.image_id,
+                "area": round(float(area), 1),
+                "colors": [{"name": n, "share": sh} for n, sh in c.colors],
             }
-            for c, box in zip(r.candidates, boxes)
+            for c, box, area in zip(r.candidates, boxes, areas)
         ]
+        mine = next((box for c, box in zip(r.candidates, boxes) if c.intended), None)
+        score = None
+        if mine is not None and i in target_box:
+            score = copy_paste_score(img, mine, target, target_box[i], mask)
         aug["jitter"] = dict(zip(("brightness", "contrast", "saturation"), r.jitter))
         aug["source"] = r.source
         refs.append(
@@ -69,11 +82,9 @@ def render_sample(
                 "subject_label": [c.label for c in r.candidates if c.intended],
                 "expression": r.expression,
                 "augment": aug,
+                "copy_paste": score,
             }
         )
-    target = get(plan.image_id)
-    if (target.shape[1], target.shape[0]) != (plan.width, plan.height):
-        target = cv2.resize(target, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
     members["target.jpg"] = encode_jpeg(target, cfg.jpeg_quality)
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -87,6 +98,7 @@ def render_sample(
             "image_id": plan.image_id,
             "width": plan.width,
             "height": plan.height,
+            "crop_box": list(plan.target_crop) if plan.target_crop is not None else None,
             "boxes": [
                 {
                     "subject_id": t.subject_id,
@@ -107,7 +119,8 @@ def render_sample(
 
 
 def _render_reference(r: ReferencePlan, get, rng: np.random.Generator):
-    """(HxWx3 uint8 RGB reference, candidate boxes, augment record) for one reference."""
+    """(HxWx3 uint8 RGB reference, candidate boxes, candidate mask areas in reference pixels, the intended
+    candidate's alpha over the whole reference (None for natural crops), augment record)."""
     if r.kind == "crop":
         x0, y0, x1, y1 = r.crop_box
         img = get(r.crop_image_id)[y0:y1, x0:x1]
@@ -115,13 +128,18 @@ def _render_reference(r: ReferencePlan, get, rng: np.random.Generator):
         if r.crop_flip:
             img = np.ascontiguousarray(img[:, ::-1])
         aug = {"crop_box": list(r.crop_box), "flip": r.crop_flip, "scale": round(r.width / (x1 - x0), 4)}
-        return img, [c.box for c in r.candidates], aug
+        return img, [c.box for c in r.candidates], [c.area for c in r.candidates], None, aug
     kind, rgb = r.background
     canvas = augment.background(kind, rgb, r.width, r.height, rng)
-    boxes, per = [], []
+    boxes, areas, per = [], [], []
+    mask = None
     for c in r.candidates:
-        box, eroded = _paste_candidate(canvas, c, get(c.image_id), r)
+        box, area, eroded, alpha, (ax, ay) = _paste_candidate(canvas, c, get(c.image_id), r)
         boxes.append(box)
+        areas.append(area)
+        if c.intended:
+            mask = np.zeros(canvas.shape[:2], np.float32)
+            augment.paste(mask[..., None], alpha[..., None], alpha, ax, ay)
         per.append(
             {
                 "subject_id": c.subject_id,
@@ -138,7 +156,7 @@ def _render_reference(r: ReferencePlan, get, rng: np.random.Generator):
         "feather_px": r.feather_px,
         "candidates": per,
     }
-    return canvas, boxes, aug
+    return canvas, boxes, areas, mask, aug
 
 
 MASK_CACHE = 64  # subject masks kept per process (a 500x500 crop is 1 MB as float32)
@@ -173,7 +191,7 @@ def _paste_candidate(canvas: np.ndarray, c: PlacedCandidate, src: np.ndarray, r:
     augment.paste(canvas, patch, alpha, bx0 + dx, by0 + dy)
     ys, xs = np.nonzero(alpha > 0.5)
     if len(xs) == 0:  # nothing visible survived: keep the planned box rather than invent one
-        return c.box, eroded
+        return c.box, 0.0, eroded, alpha, (bx0 + dx, by0 + dy)
     H, W = canvas.shape[:2]
     box = (
         max(0, bx0 + dx + xs.min()),
@@ -181,9 +199,45 @@ def _paste_candidate(canvas: np.ndarray, c: PlacedCandidate, src: np.ndarray, r:
         min(W, bx0 + dx + xs.max() + 1),
         min(H, by0 + dy + ys.max() + 1),
     )
-    return tuple(float(v) for v in box), eroded
+    return tuple(float(v) for v in box), float(len(xs)), eroded, alpha, (bx0 + dx, by0 + dy)
 
 
 def _interp(src_side: int, dst_side: int) -> int:
     # INTER_AREA for shrinking avoids aliasing; linear for enlarging.
     return cv2.INTER_AREA if dst_side < src_side else cv2.INTER_LINEAR
+
+
+# Both patches are compared at this side: enough to see pose and shading, too coarse for JPEG noise.
+COPY_PASTE_SIDE = 32
+
+
+def copy_paste_score(ref: np.ndarray, ref_box, target: np.ndarray, target_box, ref_mask=None) -> float:
+    """How nearly the reference's intended subject is a copy of its pixels in the target: the normalised
+    cross-correlation of the two box patches (grey, resized to COPY_PASTE_SIDE square) over the pixels
+    of the subject's mask in the reference (``ref_mask``, HxW float alpha of the whole reference; None:
+    the whole box), the better of the patch and its mirror image, clipped to [0, 1]. 1.0 is a pixel
+    copy; a subject seen in another pose or light scores far lower. Boxes: (x0, y0, x1, y1) pixels."""
+
+    def cut(img, box):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(img.shape[1], max(x1, x0 + 1)), min(img.shape[0], max(y1, y0 + 1))
+        p = np.ascontiguousarray(img[y0:y1, x0:x1])
+        if p.ndim == 3:
+            p = cv2.cvtColor(p, cv2.COLOR_RGB2GRAY)
+        return cv2.resize(p, (COPY_PASTE_SIDE, COPY_PASTE_SIDE), interpolation=cv2.INTER_AREA).astype(
+            np.float64
+        )
+
+    a, b = cut(ref, ref_box), cut(target, target_box)
+    w = cut(ref_mask, ref_box) > 0.5 if ref_mask is not None else np.ones_like(a, bool)
+    if w.sum() < 16:  # too little of the subject survived to compare
+        return 0.0
+
+    def ncc(x, y, m):
+        x, y = x[m], y[m]
+        x, y = x - x.mean(), y - y.mean()
+        return float((x * y).sum() / (np.sqrt((x * x).sum() * (y * y).sum()) + 1e-6))
+
+    best = max(ncc(a, b, w), ncc(a[:, ::-1], b, w[:, ::-1]))
+    return round(min(1.0, max(0.0, best)), 4)

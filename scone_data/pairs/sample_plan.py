@@ -19,7 +19,7 @@ class PlacedCandidate:
     src_box: tuple[int, int, int, int]
     box: tuple[float, float, float, float]
     area: float
-    color: str
+    colors: tuple[tuple[str, float], ...]  # colour shares of the subject's eroded mask, largest first
     intended: bool
     flip: bool = False
     rotate_deg: float = 0.0
@@ -72,3 +72,10 @@ class SamplePlan:
     target_boxes: tuple[TargetBox, ...]
     instruction: str
     seed: int
+    # The target is this region (x0, y0, x1, y1, source pixels) of the source image, resized to width x
+    # height; None: the whole image. A crop keeps every intended subject whole and leaves out other
+    # instances of the labels the instruction names.
+    target_crop: tuple[int, int, int, int] | None = None
+    # Every known instance of a named label in the target's source image, intended or not:
+    # (subject_id or "" for a rejected subject, label, box in source pixels). The text checker reads it.
+    scene: tuple[tuple[str, str, tuple[float, ...]], ...] = ()

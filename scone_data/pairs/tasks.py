@@ -86,7 +86,7 @@ class TaskPlanner:
         return len(self.bank.by_label[subs[0].split]) > len({b.label for b in subs})
 
     def _intra_able(self, b: BankSubject, subs: list[BankSubject]) -> bool:
-        in_image = sum(1 for o in subs if o.label == b.label) >= 2
+        in_image = self.cfg.crop_prob > 0 and sum(1 for o in subs if o.label == b.label) >= 2
         return in_image or self.bank.count_elsewhere(b) > 0
 
     # ---- one draw --------------------------------------------------------------------------------------
@@ -110,6 +110,10 @@ class TaskPlanner:
             intended.append(b)
         if len(intended) < (cfg.min_references if "multi" in task else 1):
             return "label_cap_reached" if cap and len(pool) < len(subs) else "too_few_subjects"
+        img = self.bank.images[image_id]
+        crop, scene = self._target_crop(intended, image_id, (img["width"], img["height"]))
+        if isinstance(crop, str):
+            return crop
         refs, names = [], []
         for b in intended:
             mate = self._group_mate(b, rng)
@@ -127,14 +131,40 @@ class TaskPlanner:
             names.append(name_subject(phrase, len(names)))
         for b in intended:
             self.subject_uses[b.subject_id] += 1
-        img = self.bank.images[image_id]
-        s = min(1.0, cfg.target_max_side / max(img["width"], img["height"]))
-        tw, th = max(1, round(img["width"] * s)), max(1, round(img["height"] * s))
+        ox, oy, cx1, cy1 = crop or (0, 0, img["width"], img["height"])
+        cw, ch = cx1 - ox, cy1 - oy
+        s = min(1.0, cfg.target_max_side / max(cw, ch))
+        tw, th = max(1, round(cw * s)), max(1, round(ch * s))
         targets = tuple(
-            TargetBox(b.subject_id, b.label, tuple(round(v * s, 2) for v in b.mbox), i)
+            TargetBox(
+                b.subject_id,
+                b.label,
+                tuple(round((v - o) * s, 2) for v, o in zip(b.mbox, (ox, oy, ox, oy))),
+                i,
+            )
             for i, b in enumerate(intended)
         )
-        return tuple(refs), targets, names, (tw, th)
+        return tuple(refs), targets, names, (tw, th), crop, scene
+
+    def _target_crop(self, intended: list[BankSubject], image_id: str, wh: tuple[int, int]):
+        """(crop box or None or a reject reason, the scene's instances of the named labels).
+
+        The instruction names the intended subjects' labels; every other instance of those labels that the
+        bank knows in this photo (usable subjects, filtered ones, rejects with a box) must stay out of the
+        target."""
+        named = {b.label for b in intended}
+        ids = {b.subject_id for b in intended}
+        scene = tuple(e for e in self.bank.scene[image_id] if e[1] in named)
+        own = {sid: box for sid, _, box in scene if sid in ids}
+        keep = [_union(b.mbox, own.get(b.subject_id, b.mbox)) for b in intended]
+        avoid = [box for sid, _, box in scene if sid not in ids]
+        if not avoid:
+            return None, scene
+        cfg = self.cfg
+        crop = layout.plan_target_crop(
+            keep, avoid, wh, cfg.target_min_area_frac, cfg.target_min_side_px, cfg.target_max_aspect
+        )
+        return crop, scene
 
     def _reference(self, task: str, b: BankSubject, target_subs: list[BankSubject], rng: random.Random):
         """The reference showing ``b`` (a subject of the target image, or its match in a group mate)."""
@@ -178,8 +208,12 @@ class TaskPlanner:
             return 0.0
         return min(a.area, o.area) / max(a.area, o.area, 1.0)
 
-    def instruction(self, task: str, names: list[str], image_id: str, rng: random.Random) -> str:
-        return instruction(task, names, self.bank.images[image_id].get("caption"), rng, self.cfg)
+    def instruction(
+        self, task: str, names: list[str], labels: list[str], image_id: str, cropped: bool, rng: random.Random
+    ) -> str:
+        # a caption describes the whole photo: a cropped target may no longer show what it says
+        caption = None if cropped else self.bank.images[image_id].get("caption")
+        return instruction(task, names, labels, caption, rng, self.cfg)
 
     # ---- references ------------------------------------------------------------------------------------
     def _finish(self, rng: random.Random) -> dict:
@@ -210,7 +244,7 @@ class TaskPlanner:
             src_box=layout.int_box(b.mbox),
             box=tuple(float(v) for v in box),
             area=round(b.area * scale * scale, 2),
-            color=b.color,
+            colors=b.colors,
             intended=intended,
             flip=flip,
             **warp,
@@ -223,8 +257,9 @@ class TaskPlanner:
         rot, persp = layout.draw_warp(rng, self.cfg)
         scale = (box[2] - box[0]) / max(1, layout.int_box(b.mbox)[2] - layout.int_box(b.mbox)[0])
         cand = self._placed(b, box, scale, True, flip, rotate_deg=rot, perspective=persp)
-        use_color = informative(b.color) and rng.random() < COLOR_IN_NAME_PROB
-        phrase = ex.phrase(((("color", b.color),) if use_color else ()), b.label)
+        word = ex.color_word(b.colors, b.label)
+        use_color = word is not None and rng.random() < COLOR_IN_NAME_PROB
+        phrase = ex.phrase(((("color", word),) if use_color else ()), b.label)
         ref = ReferencePlan(
             "cutout", side, side, (cand,), None, (), self._background(rng), **self._finish(rng)
         )
@@ -240,12 +275,16 @@ class TaskPlanner:
         cands = []
         for b, box in zip(subs, boxes):
             scale = (box[2] - box[0]) / max(1, layout.int_box(b.mbox)[2] - layout.int_box(b.mbox)[0])
-            cands.append(self._placed(b, box, scale, b is intended, rng.random() < self.cfg.flip_prob))
+            flip = rng.random() < self.cfg.flip_prob
+            # the intended subject is warped like a cutout, so it is not a pixel copy of the target's
+            rot, persp = layout.draw_warp(rng, self.cfg) if b is intended else (0.0, ())
+            cands.append(self._placed(b, box, scale, b is intended, flip, rotate_deg=rot, perspective=persp))
         return cands, side, side, dict(background=self._background(rng))
 
     def _cross(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
         cfg = self.cfg
-        present = {o.label for o in subs}
+        # labels anywhere in the target photo (rejected subjects too) are never distractors
+        present = {o.label for o in subs} | {e[1] for e in self.bank.scene[b.image_id]}
         k = rng.randint(cfg.min_distractors, cfg.max_distractors)
         labels = self.spaces[b.split].draw(b.label, present, k, rng)
         if len(labels) < cfg.min_distractors:
@@ -258,10 +297,9 @@ class TaskPlanner:
         cfg = self.cfg
         elsewhere = self.bank.count_elsewhere(b) > 0
         in_image = sum(1 for o in subs if o.label == b.label) >= 2
-        # A natural crop shows look-alikes from the target image itself, so the target then holds the
-        # distractors too: only on request (crop_prob > 0), never as the fallback for images whose
-        # label occurs nowhere else.
-        if in_image and cfg.crop_prob > 0 and rng.random() < cfg.crop_prob:
+        # A natural crop shows look-alikes from the target image itself; the target is then cropped to
+        # leave them out (TaskPlanner._target_crop). Always tried when the label occurs nowhere else.
+        if in_image and cfg.crop_prob > 0 and (not elsewhere or rng.random() < cfg.crop_prob):
             out = self._crop(b, subs, rng)
             if not isinstance(out, str):
                 return self._with_expression(b, "crop", out, rng)
@@ -306,14 +344,14 @@ class TaskPlanner:
 
     def _with_expression(self, b: BankSubject, kind: str, out, rng: random.Random, cross: bool = False):
         cands, w, h, extra = out
-        seen = [ex.Cand(c.label, c.box, c.area, c.color) for c in cands]
+        seen = [ex.Cand(c.label, c.box, c.area, c.colors) for c in cands]
         t = next(i for i, c in enumerate(cands) if c.intended)
         if cross:
             # The label alone must select the intended candidate (distractors have other labels).
             exprs = [()] if ex.select((), seen, b.label, (w, h)) == [t] else []
         else:
             slack = 0 if kind == "crop" else self.cfg.erode_max_px + RENDER_SLACK_PX
-            exprs = ex.unique_expressions(seen, t, (w, h), informative, slack)
+            exprs = ex.unique_expressions(seen, t, (w, h), slack)
         spec = ex.choose(exprs, rng)
         if spec is None:
             return "expression_not_unique"
@@ -338,3 +376,7 @@ class TaskPlanner:
                 self._embedder = ImageEmbedder(self.cfg.embedding_model)
             self._hists[key] = self._embedder.embed(self.load_image(b.image_id), rle_to_mask(b.mask_rle))
         return self._hists[key]
+
+
+def _union(a, b) -> tuple[float, float, float, float]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
