@@ -43,7 +43,7 @@ def test_loads_with_required_fields(coco: COCO) -> None:
     raw = json.loads(COCO_PATH.read_text())
     assert {"info", "licenses", "images", "annotations", "categories"} <= raw.keys()
     assert "by hand" in raw["info"]["description"]
-    assert len(coco.imgs) == 9 and len(coco.anns) == 33  # as scone_data/data/demo/README.md lists them
+    assert len(coco.imgs) == 9 and len(coco.anns) == 50  # as scone_data/data/demo/README.md lists them
     license_ids = {lic["id"] for lic in raw["licenses"]}
     assert all(img["license"] in license_ids for img in coco.imgs.values())
     names = [c["name"] for c in coco.cats.values()]
