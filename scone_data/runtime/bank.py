@@ -14,6 +14,7 @@ deterministic.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION, schemas
-from scone_data.shards.files import write_parquet
+from scone_data.runtime.config import ConfigError
+from scone_data.shards.files import TMP_PREFIX, write_parquet
 from scone_data.stages.base import OK, Batch
 
 UNIT_FMT = "part-{:05d}"
@@ -89,8 +91,55 @@ def write_extra_rejects(root: str | Path, name: str, rejects: list[dict[str, Any
     write_parquet(Path(root) / "bank" / "rejects" / f"{name}.parquet", schemas.to_table("reject", rejects))
 
 
+KINDS = ("images", "subjects", "rejects")
+KIND_SCHEMA = {"images": "source_image", "subjects": "subject", "rejects": "reject"}
+PART_NAME = re.compile(r"part-\d{5}\.parquet")  # UNIT_FMT's names: one part per work unit
+# ``write_extra_rejects``' names (``source-000``: rejects found outside any unit)
+EXTRA_REJECTS_NAME = re.compile(r"[a-z][a-z0-9_]*-\d+\.parquet")
+
+
+def is_part_name(kind: str, name: str) -> bool:
+    """True for the final names the writer publishes under ``bank/{kind}/`` (never a temporary)."""
+    return bool(PART_NAME.fullmatch(name) or (kind == "rejects" and EXTRA_REJECTS_NAME.fullmatch(name)))
+
+
 def _parts(root: str | Path, kind: str) -> list[Path]:
-    return sorted((Path(root) / "bank" / kind).glob("*.parquet"))
+    # an explicit name pattern, not ``*.parquet``: pathlib's glob also matches hidden temporaries
+    d = Path(root) / "bank" / kind
+    return sorted(p for p in d.iterdir() if is_part_name(kind, p.name) and p.is_file()) if d.is_dir() else []
+
+
+class BankDamaged(ConfigError):
+    """The bank cannot be trusted (a part missing, unreadable, or counts off the manifest): one line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems)
+        self.args = ("the subject bank is damaged (nothing was written):\n  - " + "\n  - ".join(problems),)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
+    """One part's rows as records (images: without the bytes); :class:`BankDamaged` if it cannot be read."""
+    name = f"bank/{kind}/{part.name}"
+    try:
+        if kind == "images":
+            cols = [f.name for f in schemas.arrow_schema("source_image")]
+            if "image_bytes" not in pq.read_schema(part).names:
+                raise BankDamaged([f"{name}: no image_bytes column"])
+            return pq.read_table(part, columns=cols).to_pylist()
+        table = pq.read_table(part)
+        want = schemas.arrow_schema(KIND_SCHEMA[kind]).names
+        missing = [c for c in want if c not in table.schema.names]
+        if missing:
+            raise BankDamaged([f"{name}: not a {kind} part (missing columns {missing})"])
+        return schemas.from_table(KIND_SCHEMA[kind], table)
+    except BankDamaged:
+        raise
+    except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as e:
+        raise BankDamaged([f"{name}: unreadable ({_one_line(e)})"]) from None
 
 
 class Bank:
@@ -106,9 +155,14 @@ class Bank:
         self.image_part: dict[str, str] = {}
         self.duplicates: list[dict[str, Any]] = []
         dup_keys: set[tuple[str, str]] = set()
+        problems: list[str] = []
         for part in _parts(root, "images"):
-            cols = [f.name for f in schemas.arrow_schema("source_image")]
-            for rec in pq.read_table(part, columns=cols).to_pylist():
+            try:
+                recs = read_part(part, "images")
+            except BankDamaged as e:
+                problems += e.problems
+                continue
+            for rec in recs:
                 if rec["image_id"] in self.images:
                     self.duplicates.append(rec)
                     dup_keys.add((part.name, rec["image_id"]))
@@ -117,14 +171,19 @@ class Bank:
                 self.image_part[rec["image_id"]] = str(part)
         self.subjects: list[dict[str, Any]] = []
         for part in _parts(root, "subjects"):
-            for rec in schemas.from_table("subject", pq.read_table(part)):
-                if (part.name, rec["image_id"]) not in dup_keys:
-                    self.subjects.append(rec)
+            try:
+                recs = read_part(part, "subjects")
+            except BankDamaged as e:
+                problems += e.problems
+                continue
+            self.subjects += [r for r in recs if (part.name, r["image_id"]) not in dup_keys]
+        if problems:  # every unreadable part at once; reading on would plan from part of the bank
+            raise BankDamaged(problems)
 
     def rejects(self) -> list[dict[str, Any]]:
         out = []
         for part in _parts(self.root, "rejects"):
-            out.extend(schemas.from_table("reject", pq.read_table(part)))
+            out.extend(read_part(part, "rejects"))
         for rec in self.duplicates:
             detail = f"same bytes/id as {self.images[rec['image_id']]['uri']}"
             out.append(schemas.reject_record("bank", rec["uri"], rec["image_id"], "duplicate_image", detail))
@@ -167,3 +226,87 @@ class ImageLoader:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[image_id] = decode_image(self._bytes(image_id), self.max_pixels)
         return self._cache[image_id]
+
+
+def _ledger_problems(root: Path) -> list[str]:
+    """Each part the build's ledger marks as written is present with the row counts it recorded,
+    and no part is present that the ledger does not know (no ledger: nothing to compare)."""
+    import json
+
+    ledger = root / "ledger" / "bank"
+    if not ledger.is_dir():
+        return []
+    problems: list[str] = []
+    expected: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
+    for marker in sorted(ledger.glob("*.done")):
+        try:
+            rec = json.loads(marker.read_bytes())
+            counts = {k: int(rec[k]) for k in KINDS if k in rec}
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            problems.append(f"ledger/bank/{marker.name}: unreadable ({_one_line(e)})")
+            continue
+        for kind, n in counts.items():
+            expected[kind][f"{marker.name[: -len('.done')]}.parquet".replace("unit-", "part-")] = n
+    for kind in KINDS:
+        present = {p.name: p for p in _parts(root, kind)}
+        for name, n in sorted(expected[kind].items()):
+            if name not in present:
+                problems.append(f"bank/{kind}/{name}: missing (the ledger records {n} rows)")
+                continue
+            try:
+                rows = pq.read_metadata(present[name]).num_rows
+            except (OSError, pa.ArrowException, ValueError) as e:
+                problems.append(f"bank/{kind}/{name}: unreadable ({_one_line(e)})")
+                continue
+            if rows != n:
+                problems.append(f"bank/{kind}/{name}: {rows} rows, the ledger records {n}")
+        problems += [
+            f"bank/{kind}/{n}: a part the ledger does not list"
+            for n in sorted(set(present) - set(expected[kind]))
+        ]
+    return problems
+
+
+def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None, list[str]]:
+    """The bank of a finished build, read and checked against its ``manifest``: ``(bank, problems)``.
+
+    Problems (one line each): ``bank/`` or a kind's folder missing, a file there that is not a part
+    (temporaries aside: they are never read), a part the ledger lists missing or with other row counts,
+    a part that does not read back, and the images, subjects and reject reasons counted against the
+    manifest. ``bank`` is None when a part does not read."""
+    root = Path(root)
+    if not (root / "bank").is_dir():
+        return None, ["bank/: missing (the subject bank of this build is gone)"]
+    problems: list[str] = []
+    for kind in KINDS:
+        d = root / "bank" / kind
+        if not d.is_dir():
+            problems.append(f"bank/{kind}/: missing")
+            continue
+        problems += [
+            f"bank/{kind}/{p.name}: not a part of the bank (unknown file)"
+            for p in sorted(d.iterdir())
+            if not is_part_name(kind, p.name) and not p.name.startswith(TMP_PREFIX)
+        ]
+    problems += _ledger_problems(root)
+    try:
+        bank = Bank(root)
+    except BankDamaged as e:
+        return None, problems + [p for p in e.problems if p not in problems]
+    reasons: dict[str, int] = {}
+    for part in _parts(root, "rejects"):
+        try:
+            for r in read_part(part, "rejects"):
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        except BankDamaged as e:
+            problems += [p for p in e.problems if p not in problems]
+    if bank.duplicates:
+        reasons["duplicate_image"] = reasons.get("duplicate_image", 0) + len(bank.duplicates)
+    for what, have in (("images", len(bank.images)), ("subjects", len(bank.subjects))):
+        if manifest.get(what) != have:
+            problems.append(f"bank: {have} {what}, the manifest says {manifest.get(what)}")
+    if manifest.get("rejects") != dict(sorted(reasons.items())):
+        problems.append(
+            f"bank: rejects by reason {dict(sorted(reasons.items()))}, the manifest says {manifest.get('rejects')}"
+        )
+    return bank, problems

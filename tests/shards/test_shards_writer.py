@@ -26,12 +26,12 @@ def _manifest(tmp_path, stats):
     m = {
         "schema_version": 1,
         "scone_data_version": "test",
-        "kind": "build",
+        "kind": "import",  # no bank: images and subjects are counted from the records
         "config": {},
         "config_hash": "x",
         "seed": 0,
-        "images": 0,
-        "subjects": 0,
+        "images": 3,  # img0..img2 (the samples have 1-3 references)
+        "subjects": 9,  # references: 1 + 2 + 3 + 1 + 2
         "samples": stats["samples"],
         "tasks": stats["tasks"],
         "splits": {"train": stats["samples"]},
