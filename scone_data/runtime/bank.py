@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION, schemas
 from scone_data.runtime.config import ConfigError
-from scone_data.shards.files import TMP_PREFIX, write_parquet
+from scone_data.shards.files import write_parquet
 from scone_data.stages.base import OK, Batch
 
 UNIT_FMT = "part-{:05d}"
@@ -286,7 +286,7 @@ def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None,
         problems += [
             f"bank/{kind}/{p.name}: not a part of the bank (unknown file)"
             for p in sorted(d.iterdir())
-            if not is_part_name(kind, p.name) and not p.name.startswith(TMP_PREFIX)
+            if not is_part_name(kind, p.name) and not p.name.startswith(".")  # hidden: never read
         ]
     problems += _ledger_problems(root)
     try:

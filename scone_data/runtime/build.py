@@ -25,7 +25,14 @@ import pyarrow as pa
 from scone_data import SCHEMA_VERSION, __version__, schemas
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
-from scone_data.runtime.bank import Bank, ImageLoader, write_extra_rejects, write_unit
+from scone_data.runtime.bank import (
+    Bank,
+    BankDamaged,
+    ImageLoader,
+    check_bank,
+    write_extra_rejects,
+    write_unit,
+)
 from scone_data.runtime.progress import progress
 from scone_data.shards.files import sweep_temporaries, write_bytes, write_json, write_parquet
 from scone_data.shards.ledger import Ledger
@@ -387,11 +394,13 @@ def regen(
     check(problems)
     if output.resolve() == bank_dir.resolve():
         raise C.ConfigError(["output: regen writes to a new directory, not into the build it reads"])
+    bank, damaged = check_bank(bank_dir, src_manifest)  # shards from a damaged bank would lose data
+    if damaged:
+        raise BankDamaged(damaged)
     if overwrite and output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(output)
-    bank = Bank(bank_dir)
     prov = _provenance(cfg, models, src_manifest["config_hash"], pairs, shards)
     with ray_session(rt):
         shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
