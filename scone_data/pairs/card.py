@@ -18,22 +18,32 @@ def _table(head: tuple[str, str], rows: list[tuple[str, int]], total: int | None
     return out
 
 
-def dataset_card(records: Iterable[dict], rejects: Counter | dict) -> str:
+def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
-    reference histogram, references per sample, and reject reasons (most frequent first).
+    reference histogram, references per sample, reference kinds and sources, targets (whole photo or
+    crop), the copy-paste score histogram, the bank's mask sources, caption coverage and licences
+    (``bank``: {"mask_sources": Counter, "images": int, "captioned": int, "licenses": Counter}), and
+    reject reasons (most frequent first).
 
     ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
+    from scone_data.pairs.audit import copy_paste_histogram
+
     n = 0
-    tasks, splits, labels, cands, kinds, nrefs = (Counter() for _ in range(6))
+    tasks, splits, labels, cands, kinds, nrefs, targets, ref_sources = (Counter() for _ in range(8))
+    scores: list[float] = []
     for r in records:
         n += 1
         tasks[r["task"]] += 1
         splits[r["split"]] += 1
         nrefs[len(r["references"])] += 1
+        targets["crop of the source photo" if r["target"].get("crop_box") else "whole source photo"] += 1
         for ref in r["references"]:
             labels.update(ref["subject_label"])
             cands[len(ref["candidates"])] += 1
             kinds[ref["kind"]] += 1
+            ref_sources[ref["augment"].get("source", "self")] += 1
+            if ref.get("copy_paste") is not None:
+                scores.append(float(ref["copy_paste"]))
     lines = [
         "# Dataset card",
         "",
@@ -46,6 +56,22 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict) -> str:
     lines += ["", "## Candidates per reference", ""]
     lines += _table(("candidates", "references"), [(str(k), cands[k]) for k in sorted(cands)])
     lines += ["", "## Reference kinds", ""] + _table(("kind", "references"), sorted(kinds.items()))
+    lines += ["", "## Reference sources", ""]
+    lines += ["(self: cut from the target's own photo; group: from another image of its group)", ""]
+    lines += _table(("source", "references"), sorted(ref_sources.items()))
+    lines += ["", "## Targets", ""] + _table(("target", "samples"), sorted(targets.items()))
+    lines += ["", "## Copy-paste score of references", ""]
+    lines += [
+        "(normalised cross-correlation of the intended subject with its target patch; 1.0 = a pixel copy)",
+        "",
+    ]
+    lines += _table(("score", "references"), copy_paste_histogram(scores))
+    if bank:
+        lines += ["", "## Subject bank", ""]
+        cov = f"{bank['captioned']} of {bank['images']} images have a caption"
+        lines += [cov, ""] + _table(("mask source", "subjects"), sorted(bank["mask_sources"].items()))
+        lic = sorted(bank["licenses"].items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += [""] + _table(("licence (as the source declares it)", "images"), lic)
     lines += ["", "## References per sample", ""]
     lines += _table(("references", "samples"), [(str(k), nrefs[k]) for k in sorted(nrefs)])
     lines += ["", "## Reject reasons", ""]

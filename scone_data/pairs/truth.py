@@ -42,9 +42,10 @@ _SLIPS = {
 _PRONOUN = re.compile(r"\b(?:it|its|itself)\b")
 
 
-def parse_mentions(text: str) -> list[tuple[int, str]] | str:
-    """``[(reference index from 0, noun phrase starting with "the "), ...]`` in text order, or a reason."""
-    out = []
+def parse_mentions(text: str) -> list[tuple[int, str | None]]:
+    """``[(reference index from 0, noun phrase starting with "the " or None), ...]`` in text order; None
+    where "image N" follows no noun phrase ("out of everything in image 1")."""
+    out: list[tuple[int, str | None]] = []
     start = 0
     for m in _MENTION.finditer(text):
         seg = text[start : m.start()]
@@ -52,9 +53,7 @@ def parse_mentions(text: str) -> list[tuple[int, str]] | str:
         # the phrase begins after the last clause break (punctuation or "and") before the mention
         seg = re.split(r"[.;:,!?]| and ", seg)[-1]
         k = seg.find("the ")
-        if k < 0:
-            return "unparsed_expression"
-        out.append((int(m.group(2)) - 1, seg[k:].strip()))
+        out.append((int(m.group(2)) - 1, seg[k:].strip() if k >= 0 else None))
     return out
 
 
@@ -212,13 +211,14 @@ def check_sample(record: dict, scene=(), max_copy_paste: float = 1.0, image_wh=N
     refs = record["references"]
     out: list[str] = []
     mentions = parse_mentions(text)
-    if isinstance(mentions, str):
-        return [mentions]
     seen = [i for i, _ in mentions]
     if sorted(seen) != list(range(len(refs))) or len(_ANY_IMAGE.findall(text)) != len(refs):
         out.append("mention_count")
     for i, phrase in mentions:
-        if 0 <= i < len(refs):
+        if phrase is None:
+            if seen.count(i) == 1:
+                out.append("unparsed_expression")
+        elif 0 <= i < len(refs):
             why = check_reference(refs[i], phrase)
             if why:
                 out.append(why)

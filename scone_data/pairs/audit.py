@@ -1,0 +1,133 @@
+"""``scone-data audit OUT``: re-read a finished output and judge every sample as a person would.
+
+Per sample it runs the text checker (:func:`scone_data.pairs.truth.check_sample`: every referring
+expression true and unique on the rendered candidates, no colour word on people, one mention per
+reference, no text slips, a target that shows no other instance of a named label, copy-paste under the
+output's ``pairs.max_copy_paste``) and the mask gate on every subject shown (no rectangle pasted as a
+subject, no box-fallback mask). The instances a target must leave out come from the bank the output
+was built from: every subject, and every subject reject that kept its box.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from scone_data.pairs.truth import check_sample
+
+# A mask filling this much of its own bounding box is a rectangle, not a subject's outline.
+RECTANGLE_FILL = 0.97
+# Keys of the samples with the most failed checks listed per task.
+WORST_KEYS = 5
+COPY_PASTE_BINS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _scene(bank) -> dict[str, list]:
+    scene: dict[str, list] = defaultdict(list)
+    for s in bank.subjects:
+        scene[s["image_id"]].append((s["subject_id"], s["label"], tuple(s["box_xyxy"])))
+    rejected = getattr(bank, "rejected_subjects", None)
+    for o in rejected() if rejected else ():
+        if o.get("box_xyxy") and o.get("label"):
+            scene[o["image_id"]].append(("", o["label"], tuple(o["box_xyxy"])))
+    return scene
+
+
+def _mask_problems(bank) -> dict[str, str]:
+    """subject_id -> why its mask must never be pasted (rectangles, box fallbacks)."""
+    from scone_data.pairs.bank import mask_box
+
+    out = {}
+    for s in bank.subjects:
+        if s.get("mask_source") == "box":
+            out[s["subject_id"]] = "mask_box_fallback"
+            continue
+        (x0, y0, x1, y1), area = mask_box(s["mask_rle"])
+        if area >= RECTANGLE_FILL * max(1.0, (x1 - x0) * (y1 - y0)):
+            out[s["subject_id"]] = "mask_rectangle"
+    return out
+
+
+def copy_paste_histogram(scores: list[float]) -> list[tuple[str, int]]:
+    """Counts of reference copy-paste scores in bins of 0.1 (``"0.9-1.0"`` holds 1.0)."""
+    counts = Counter(min(int(s * 10), 9) for s in scores)
+    return [(f"{COPY_PASTE_BINS[i]:.1f}-{COPY_PASTE_BINS[i + 1]:.1f}", counts[i]) for i in range(10)]
+
+
+def audit(output: str | Path) -> dict:
+    """Every sample of ``output`` checked; returns the per-task figures (see :func:`format_report`)."""
+    from scone_data.runtime.bank import Bank
+    from scone_data.shards.writer import iter_records
+
+    out = Path(output)
+    manifest = json.loads((out / "manifest.json").read_text())
+    max_cp = float((manifest.get("config", {}).get("pairs") or {}).get("max_copy_paste", 1.0))
+    bank = Bank(out)
+    scene, bad_masks = _scene(bank), _mask_problems(bank)
+    sizes = {i: (r["width"], r["height"]) for i, r in bank.images.items()}
+    tasks: dict[str, dict] = {}
+    scores: list[float] = []
+    for shard in manifest["shards"]:
+        for rec in iter_records(out / "shards" / f"{shard['name']}.tar"):
+            t = tasks.setdefault(rec["task"], {"samples": 0, "passed": 0, "reasons": Counter(), "worst": []})
+            image_id = rec["target"]["image_id"]
+            reasons = check_sample(rec, scene.get(image_id, ()), max_cp, sizes.get(image_id))
+            for ref in rec["references"]:
+                if ref.get("copy_paste") is not None:
+                    scores.append(float(ref["copy_paste"]))
+                reasons += [
+                    bad_masks[c["subject_id"]] for c in ref["candidates"] if c["subject_id"] in bad_masks
+                ]
+            t["samples"] += 1
+            t["passed"] += not reasons
+            t["reasons"].update(set(reasons))
+            if reasons:
+                t["worst"].append((-len(set(reasons)), rec["key"], sorted(set(reasons))))
+    report = {"output": str(out), "max_copy_paste": max_cp, "tasks": {}, "copy_paste_histogram": []}
+    for name in sorted(tasks):
+        t = tasks[name]
+        report["tasks"][name] = {
+            "samples": t["samples"],
+            "passed": t["passed"],
+            "failed": t["samples"] - t["passed"],
+            "reasons": dict(sorted(t["reasons"].items())),
+            "worst": [{"key": k, "reasons": r} for _, k, r in sorted(t["worst"])[:WORST_KEYS]],
+        }
+    report["copy_paste_histogram"] = copy_paste_histogram(scores)
+    report["samples"] = sum(t["samples"] for t in tasks.values())
+    report["failed"] = sum(t["samples"] - t["passed"] for t in tasks.values())
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"audit of {report['output']} (max_copy_paste {report['max_copy_paste']})", ""]
+    lines.append(f"{'task':<28}{'samples':>9}{'passed':>9}  failed checks")
+    for name, t in report["tasks"].items():
+        why = ", ".join(f"{k} {v}" for k, v in t["reasons"].items()) or "-"
+        lines.append(f"{name:<28}{t['samples']:>9}{t['passed']:>9}  {why}")
+        for w in t["worst"]:
+            lines.append(f"    {w['key']}: {', '.join(w['reasons'])}")
+    lines += ["", "copy-paste score of references (1.0 = a pixel copy of the target):"]
+    lines += [f"  {b}: {n}" for b, n in report["copy_paste_histogram"]]
+    lines.append(f"\n{report['samples'] - report['failed']} of {report['samples']} samples pass every check")
+    return "\n".join(lines)
+
+
+def cmd_audit(args) -> int:
+    out = Path(args.output)
+    if not (out / "manifest.json").is_file():
+        print(f"error: {out}: no manifest.json (not a finished scone-data output)", file=sys.stderr)
+        return 2
+    report = audit(out)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if args.strict and report["failed"] else 0
+
+
+def add_audit_parser(sub) -> None:
+    a = sub.add_parser("audit", help="check every sample of an output as a person would read it")
+    a.add_argument("output")
+    a.add_argument("--json", action="store_true", help="the report as JSON")
+    a.add_argument("--strict", action="store_true", help="exit 1 when any sample fails a check")
+    a.set_defaults(fn=cmd_audit)
