@@ -57,11 +57,9 @@ def cmd_build(args) -> int:
     if args.output:
         over.append(f"output={args.output}")
     cfg = load_config(args.config, over)
-    if args.overwrite and Path(cfg["output"]).exists():
-        import shutil
-
-        shutil.rmtree(cfg["output"])
-    manifest = build(cfg)
+    # the old output is replaced only after every setting is checked, and deleted only once the new
+    # one is complete (runtime/outdir.py)
+    manifest = build(cfg, overwrite=args.overwrite, reads=(args.config,))
     _done("build", manifest, cfg["output"])
     return 0
 
@@ -98,14 +96,42 @@ def _emit_summary(command: str, **fields) -> None:
         progress.emit("summary", command=command, **fields)
 
 
+def describe(err: BaseException) -> str:
+    """``err`` as one line that names the file involved (pyarrow's FileNotFoundError holds only a path)."""
+    if isinstance(err, OSError) and not str(err.strerror or "").startswith("cannot write"):
+        what = err.strerror or {FileNotFoundError: "no such file or directory"}.get(type(err), "")
+        where = err.filename if err.filename is not None else (str(err) if not err.strerror else "")
+        text = f"{where}: {what}" if where and what else where or what or type(err).__name__
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def _fail(command: str, err: Exception, code: int) -> int:
     from scone_data.runtime import progress
 
     if progress.json_mode():
         _emit_summary(command, ok=False, error=str(err))
     else:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {describe(err) if isinstance(err, OSError) else err}", file=sys.stderr)
     return code
+
+
+def load_manifest(output: str) -> dict:
+    """The manifest of ``output``, checked against its schema; :class:`BadInput` when it is not one."""
+    from scone_data import schemas
+
+    p = Path(output) / "manifest.json"
+    try:
+        manifest = json.loads(p.read_bytes())
+        schemas.validate("manifest", manifest)
+    except ValueError as e:  # bad JSON, bad UTF-8 and schemas.SchemaError are all ValueErrors
+        raise BadInput(f"{p} is not a scone-data manifest ({' '.join(str(e).split())[:200]})") from None
+    return manifest
+
+
+class BadInput(Exception):
+    """An input file is unusable (exit code 2, one line)."""
 
 
 def cmd_stats(args) -> int:
@@ -113,7 +139,7 @@ def cmd_stats(args) -> int:
     if not p.exists():
         print(f"{args.output}: no manifest.json", file=sys.stderr)
         return 1
-    manifest = json.loads(p.read_text())
+    manifest = load_manifest(args.output)
     print(json.dumps(manifest, indent=2) if args.json else _summary(manifest, args.output))
     return 0
 
@@ -132,7 +158,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", help="attach to this Ray cluster instead of starting a local one")
     b.add_argument("--executor", choices=["ray", "local"], help="override runtime.executor")
     b.add_argument("--output", help="override output")
-    b.add_argument("--overwrite", action="store_true", help="delete OUTPUT first instead of resuming it")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT (an earlier output of ours) instead of resuming it",
+    )
     b.add_argument("--log-json", action="store_true", help=LOG_JSON_HELP)
     b.set_defaults(fn=cmd_build)
     r = sub.add_parser("regen", help="new shards from an existing subject bank (no model runs)")
@@ -140,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("output", help="new output directory")
     r.add_argument("overrides", nargs="*", help="key=value settings of pairs.*, shards.*, seed, runtime.*")
     r.add_argument("--executor", choices=["ray", "local"])
-    r.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
+    r.add_argument("--overwrite", action="store_true", help="replace OUTPUT (an earlier output of ours)")
     r.add_argument("--log-json", action="store_true", help=LOG_JSON_HELP)
     r.set_defaults(fn=cmd_regen)
     v = sub.add_parser("validate", help="check an output directory against its manifest and schemas")
@@ -152,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("output")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
+    from scone_data.pairs.audit import add_audit_parser
+
+    add_audit_parser(sub)  # audit: every sample judged as a person reads it
     from scone_data.interop.cli import add_interop_parsers
 
     add_interop_parsers(sub)  # export, import, inspect
@@ -171,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from scone_data.runtime import progress
     from scone_data.runtime.config import ConfigError
+    from scone_data.runtime.outdir import OutputError
     from scone_data.runtime.progress import setup_logging
     from scone_data.shards.ledger import SettingsChanged
 
@@ -182,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.emit("start", command=args.cmd, argv=list(argv if argv is not None else sys.argv[1:]))
     try:
         return args.fn(args)
-    except (ConfigError, SettingsChanged) as e:
+    except (ConfigError, SettingsChanged, OutputError, BadInput) as e:
         return _fail(args.cmd, e, 2)
     except OSError as e:  # disk full, read-only output, ...: one line, no traceback
         return _fail(args.cmd, e, 1)

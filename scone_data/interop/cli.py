@@ -113,7 +113,7 @@ def add_interop_parsers(subparsers) -> None:
     e.add_argument("--rows-per-row-group", type=int, default=export.DEFAULT_ROWS_PER_ROW_GROUP)
     e.add_argument("--dataset-name", default="scone_data", help="name under parquet_data/ and parquet_info/")
     e.add_argument("--data-dir", help="data_dir as the training job will see it (keys of parquet_info)")
-    e.add_argument("--overwrite", action="store_true", help="delete DEST first")
+    e.add_argument("--overwrite", action="store_true", help="replace DEST (an earlier export of ours)")
     _common(e)
     e.set_defaults(fn=cmd_export)
 
@@ -136,7 +136,7 @@ def add_interop_parsers(subparsers) -> None:
     i.add_argument("--image-root", help="base of relative image paths (default: each jsonl's folder)")
     i.add_argument("--samples-per-shard", type=int, default=imports.DEFAULT_SAMPLES_PER_SHARD)
     i.add_argument("--max-references", type=int, default=imports.DEFAULT_MAX_REFERENCES)
-    i.add_argument("--overwrite", action="store_true", help="delete OUTPUT first")
+    i.add_argument("--overwrite", action="store_true", help="replace OUTPUT (an earlier import of ours)")
     _common(i)
     i.set_defaults(fn=cmd_import)
 

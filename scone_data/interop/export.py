@@ -26,8 +26,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from scone_data.interop.reader import InteropError, count_samples, iter_samples, load_manifest
 from scone_data.interop.report import Reporter
+from scone_data.runtime.outdir import EXPORT_MARKER, OutputError, claim
 from scone_data.shards.files import atomic_open, write_bytes, write_json
 
 # Scone's released sets hold ~1000 rows per file (70 files for 70 K samples).
@@ -54,12 +55,17 @@ SCONE_SCHEMA = pa.schema(
 )
 
 
-def _prepare_dest(dest: Path, overwrite: bool) -> None:
-    if dest.exists() and any(dest.iterdir()):
-        if not overwrite:
-            raise InteropError(f"{dest} exists and is not empty (use --overwrite)", code=2)
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def _owned_dest(output: Path, dest: Path, fmt: str, overwrite: bool) -> Iterator[Path]:
+    """Own ``dest`` for the export (:func:`scone_data.runtime.outdir.claim`): locked for the run;
+    refused when it is or holds ``output``, is not empty without ``overwrite``, or is not an export
+    of ours; a replaced export is deleted only once the new one is complete."""
+    try:
+        with claim(dest, "export", overwrite=overwrite, reads=[output], empty=True, kind="export") as d:
+            write_json(d / EXPORT_MARKER, {"format": fmt, "output": str(output.absolute())})
+            yield d
+    except OutputError as e:
+        raise InteropError(str(e), code=e.code) from None
 
 
 def _split_arg(split: str) -> str | None:
@@ -87,17 +93,15 @@ def _scone_row(rec: dict[str, Any], members: dict[str, bytes]) -> dict[str, Any]
     }
 
 
-def _begin(output, dest, split: str, overwrite: bool, reporter: Reporter | None):
-    """What both exports do first: the manifest (read once), an empty ``dest``, the sample count
-    (an empty split is an error). Returns ``(reporter, manifest, dest, total)``."""
+def _begin(output, split: str, reporter: Reporter | None):
+    """What both exports do before touching ``dest``: the manifest (read once) and the sample count
+    (an empty split is an error). Returns ``(reporter, manifest, total)``."""
     reporter = reporter or Reporter("export", show_progress=False)
     manifest = load_manifest(output)
-    dest = Path(dest)
-    _prepare_dest(dest, overwrite)
     total = count_samples(output, _split_arg(split), manifest)
     if total == 0:
         raise InteropError(f"{output}: no samples in split {split!r}")
-    return reporter, manifest, dest, total
+    return reporter, manifest, total
 
 
 def export_scone_parquet(
@@ -121,64 +125,65 @@ def export_scone_parquet(
         problems.append(f"dataset_name must be a plain name, got {dataset_name!r}")
     if problems:
         raise InteropError("; ".join(problems), code=2)
-    reporter, manifest, dest, total = _begin(output, dest, split, overwrite, reporter)
-    local_dir = dest / "parquet_data" / dataset_name
-    local_dir.mkdir(parents=True)
-    data_dir = data_dir if data_dir is not None else str(local_dir.resolve())
+    reporter, manifest, total = _begin(output, split, reporter)
+    with _owned_dest(Path(output), Path(dest), "scone-parquet", overwrite) as dest:
+        local_dir = dest / "parquet_data" / dataset_name
+        local_dir.mkdir(parents=True)
+        data_dir = data_dir if data_dir is not None else str(local_dir.resolve())
 
-    info: dict[str, dict[str, int]] = {}
-    tasks: dict[str, int] = {}
-    reporter.start(format="scone-parquet", output=str(output), dest=str(dest), split=split, samples=total)
-    samples = iter_samples(output, _split_arg(split), manifest=manifest)
-    with reporter.phase(total, "export samples") as bar:
-        while (head := next(samples, None)) is not None:
-            # Lazy: only one row group of samples is in memory at a time, whatever rows_per_file is.
-            chunk = itertools.chain([head], itertools.islice(samples, rows_per_file - 1))
-            name = f"part-{len(info):05d}.parquet"
-            groups = rows = 0
-            with atomic_open(local_dir / name) as f:
-                # No statistics on the image list: min/max of JPEG bytes would only bloat the footer.
-                writer = pq.ParquetWriter(
-                    f,
-                    SCONE_SCHEMA,
-                    compression={"image": "none", "instruction": "zstd", "key": "zstd", "task": "zstd"},
-                    write_statistics=["instruction", "key", "task"],
-                )
-                for group in _batched(chunk, rows_per_row_group):
-                    writer.write_table(
-                        pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
+        info: dict[str, dict[str, int]] = {}
+        tasks: dict[str, int] = {}
+        reporter.start(format="scone-parquet", output=str(output), dest=str(dest), split=split, samples=total)
+        samples = iter_samples(output, _split_arg(split), manifest=manifest)
+        with reporter.phase(total, "export samples") as bar:
+            while (head := next(samples, None)) is not None:
+                # Lazy: only one row group of samples is in memory at a time, whatever rows_per_file is.
+                chunk = itertools.chain([head], itertools.islice(samples, rows_per_file - 1))
+                name = f"part-{len(info):05d}.parquet"
+                groups = rows = 0
+                with atomic_open(local_dir / name) as f:
+                    # No statistics on the image list: min/max of JPEG bytes would only bloat the footer.
+                    writer = pq.ParquetWriter(
+                        f,
+                        SCONE_SCHEMA,
+                        compression={"image": "none", "instruction": "zstd", "key": "zstd", "task": "zstd"},
+                        write_statistics=["instruction", "key", "task"],
                     )
-                    groups += 1
-                    rows += len(group)
-                    for rec, _ in group:
-                        tasks[rec["task"]] = tasks.get(rec["task"], 0) + 1
-                    bar.update(len(group))
-                writer.close()
-            info[os.path.join(data_dir, name)] = {"num_row_groups": groups, "num_rows": rows}
-    info_path = dest / "parquet_info" / f"{dataset_name}.json"
-    write_json(info_path, info)
-    n = sum(v["num_rows"] for v in info.values())
-    write_json(
-        dest / "dataset_info.json",
-        {
-            "s2i": {
-                dataset_name: {
-                    "data_dir": data_dir,
-                    "num_files": len(info),
-                    "num_total_samples": n,
-                    "parquet_info_path": str(info_path.resolve()),
+                    for group in _batched(chunk, rows_per_row_group):
+                        writer.write_table(
+                            pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
+                        )
+                        groups += 1
+                        rows += len(group)
+                        for rec, _ in group:
+                            tasks[rec["task"]] = tasks.get(rec["task"], 0) + 1
+                        bar.update(len(group))
+                    writer.close()
+                info[os.path.join(data_dir, name)] = {"num_row_groups": groups, "num_rows": rows}
+        info_path = dest / "parquet_info" / f"{dataset_name}.json"
+        write_json(info_path, info)
+        n = sum(v["num_rows"] for v in info.values())
+        write_json(
+            dest / "dataset_info.json",
+            {
+                "s2i": {
+                    dataset_name: {
+                        "data_dir": data_dir,
+                        "num_files": len(info),
+                        "num_total_samples": n,
+                        "parquet_info_path": str(info_path.resolve()),
+                    }
                 }
-            }
-        },
-    )
-    return {
-        "format": "scone-parquet",
-        "dest": str(dest),
-        "samples": n,
-        "files": len(info),
-        "row_groups": sum(v["num_row_groups"] for v in info.values()),
-        "tasks": dict(sorted(tasks.items())),
-    }
+            },
+        )
+        return {
+            "format": "scone-parquet",
+            "dest": str(dest),
+            "samples": n,
+            "files": len(info),
+            "row_groups": sum(v["num_row_groups"] for v in info.values()),
+            "tasks": dict(sorted(tasks.items())),
+        }
 
 
 # --- SconeEval -------------------------------------------------------------------------------------
@@ -237,7 +242,14 @@ def export_sconeeval_jsonl(
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Write ``output``'s samples of ``split`` as SconeEval's data.jsonl + images; returns counts."""
-    reporter, manifest, dest, total = _begin(output, dest, split, overwrite, reporter)
+    reporter, manifest, total = _begin(output, split, reporter)
+    with _owned_dest(Path(output), Path(dest), "sconeeval-jsonl", overwrite) as dest:
+        return _write_sconeeval(output, dest, split, reporter, manifest, total)
+
+
+def _write_sconeeval(
+    output, dest: Path, split: str, reporter: Reporter, manifest, total: int
+) -> dict[str, Any]:
     reporter.start(format="sconeeval-jsonl", output=str(output), dest=str(dest), split=split, samples=total)
     lines, tasks, images = [], {}, 0
     with reporter.phase(total, "export samples") as bar:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from scone_data.interop.convert import (
 from scone_data.interop.reader import InteropError
 from scone_data.interop.report import Reporter
 from scone_data.runtime.config import ShardSettings
+from scone_data.runtime.outdir import OutputError, claim
 from scone_data.shards.files import write_json, write_parquet
 from scone_data.shards.writer import ShardWriter
 
@@ -93,6 +95,16 @@ def _count_rows(fmt: str, path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+@contextmanager
+def _owned_output(out: Path, reads: list[Path], overwrite: bool) -> Iterator[Path]:
+    """:func:`scone_data.runtime.outdir.claim` for an import, its refusals as InteropError (code 2)."""
+    try:
+        with claim(out, "import", overwrite=overwrite, reads=reads, empty=True) as d:
+            yield d
+    except OutputError as e:
+        raise InteropError(str(e), code=e.code) from None
+
+
 def import_dataset(
     sources: list[str | Path],
     output: str | Path,
@@ -121,94 +133,92 @@ def import_dataset(
     if problems:
         raise InteropError("bad import settings: " + "; ".join(problems), code=2)
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InteropError(f"{out} exists and is not empty (use --overwrite)", code=2)
-        shutil.rmtree(out)
-    reporter = reporter or Reporter("import", show_progress=False)
-    config = {
-        "import": {
-            "format": fmt,
-            "sources": [str(p.resolve()) for p in paths],
-            "fields": asdict(fm),
-            "split": split,
-            "label": label,
-            "image_root": str(image_root) if image_root else None,
-            "samples_per_shard": samples_per_shard,
-            "max_references": max_references,
+    # locked for the run; an earlier import is replaced only once this one is complete
+    with _owned_output(out, paths + ([Path(image_root)] if image_root else []), overwrite):
+        reporter = reporter or Reporter("import", show_progress=False)
+        config = {
+            "import": {
+                "format": fmt,
+                "sources": [str(p.resolve()) for p in paths],
+                "fields": asdict(fm),
+                "split": split,
+                "label": label,
+                "image_root": str(image_root) if image_root else None,
+                "samples_per_shard": samples_per_shard,
+                "max_references": max_references,
+            }
         }
-    }
-    cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    total = sum(_count_rows(fmt, p) for p in paths)
-    reporter.start(format=fmt, sources=[str(p) for p in paths], output=str(out), rows=total)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    rejects: list[dict[str, Any]] = []
-    shards: list[dict[str, Any]] = []
-    tasks: Counter = Counter()
-    seen: set[str] = set()
-    images: set[str] = set()
-    subjects = 0
-    writer: ShardWriter | None = None
+        cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        total = sum(_count_rows(fmt, p) for p in paths)
+        reporter.start(format=fmt, sources=[str(p) for p in paths], output=str(out), rows=total)
+        shard_dir = out / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        rejects: list[dict[str, Any]] = []
+        shards: list[dict[str, Any]] = []
+        tasks: Counter = Counter()
+        seen: set[str] = set()
+        images: set[str] = set()
+        subjects = 0
+        writer: ShardWriter | None = None
 
-    def close_shard() -> None:
-        nonlocal writer
-        if writer is not None and writer.rows:
-            st = writer.close()
-            shards.append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
-        writer = None
+        def close_shard() -> None:
+            nonlocal writer
+            if writer is not None and writer.rows:
+                st = writer.close()
+                shards.append({k: st[k] for k in ("name", "samples", "bytes", "sha256")})
+            writer = None
 
-    with reporter.phase(total, "import rows") as bar:
-        for path in paths:
-            root = Path(image_root) if image_root else path.parent
-            for i, row, err in _rows(fmt, path):
-                uri = f"{path}#{i}"
-                try:
-                    if row is None:
-                        raise RowReject("invalid_row", err)
-                    src = f"import:{fmt}:{path.name}#{i}"
-                    rec, members = convert_row(row, fm, root, src, split, label, max_references, cfg_hash)
-                    if rec["key"] in seen:
-                        raise RowReject(
-                            "duplicate_sample",
-                            f"same images and instruction as an earlier row ({rec['key']})",
-                        )
-                except RowReject as e:
-                    # details quote the offending row; 200 characters name the problem without copying the row
-                    rejects.append(schemas.reject_record("import", uri, None, e.reason, e.detail[:200]))
+        with reporter.phase(total, "import rows") as bar:
+            for path in paths:
+                root = Path(image_root) if image_root else path.parent
+                for i, row, err in _rows(fmt, path):
+                    uri = f"{path}#{i}"
+                    try:
+                        if row is None:
+                            raise RowReject("invalid_row", err)
+                        src = f"import:{fmt}:{path.name}#{i}"
+                        rec, members = convert_row(row, fm, root, src, split, label, max_references, cfg_hash)
+                        if rec["key"] in seen:
+                            raise RowReject(
+                                "duplicate_sample",
+                                f"same images and instruction as an earlier row ({rec['key']})",
+                            )
+                    except RowReject as e:
+                        # details quote the offending row; 200 characters name the problem without copying the row
+                        rejects.append(schemas.reject_record("import", uri, None, e.reason, e.detail[:200]))
+                        bar.update()
+                        continue
+                    if writer is None:
+                        writer = ShardWriter(shard_dir, f"{split}-{len(shards):05d}")
+                    writer.write(rec, members)
+                    seen.add(rec["key"])
+                    tasks[rec["task"]] += 1
+                    subjects += len(rec["references"])
+                    images.update(
+                        [rec["target"]["image_id"]]
+                        + [r["candidates"][0]["source_image_id"] for r in rec["references"]]
+                    )
+                    if len(writer.rows) == samples_per_shard:
+                        close_shard()
                     bar.update()
-                    continue
-                if writer is None:
-                    writer = ShardWriter(shard_dir, f"{split}-{len(shards):05d}")
-                writer.write(rec, members)
-                seen.add(rec["key"])
-                tasks[rec["task"]] += 1
-                subjects += len(rec["references"])
-                images.update(
-                    [rec["target"]["image_id"]]
-                    + [r["candidates"][0]["source_image_id"] for r in rec["references"]]
-                )
-                if len(writer.rows) == samples_per_shard:
-                    close_shard()
-                bar.update()
-    close_shard()
-    write_parquet(out / "rejects.parquet", schemas.to_table("reject", rejects))
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "scone_data_version": __version__,
-        "kind": "import",  # config.import says where the data came from
-        "config": config,
-        "config_hash": cfg_hash,
-        "seed": 0,
-        "images": len(images),
-        "subjects": subjects,
-        "samples": sum(tasks.values()),
-        "tasks": dict(sorted(tasks.items())),
-        "splits": {split: sum(tasks.values())} if tasks else {},
-        "rejects": dict(sorted(Counter(r["reason"] for r in rejects).items())),
-        "pair_rejects": {},
-        "shards": shards,
-    }
-    schemas.validate("manifest", manifest)
-    write_json(out / "manifest.json", manifest)
-    return manifest
+        close_shard()
+        write_parquet(out / "rejects.parquet", schemas.to_table("reject", rejects))
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "scone_data_version": __version__,
+            "kind": "import",  # config.import says where the data came from
+            "config": config,
+            "config_hash": cfg_hash,
+            "seed": 0,
+            "images": len(images),
+            "subjects": subjects,
+            "samples": sum(tasks.values()),
+            "tasks": dict(sorted(tasks.items())),
+            "splits": {split: sum(tasks.values())} if tasks else {},
+            "rejects": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+            "pair_rejects": {},
+            "shards": shards,
+        }
+        schemas.validate("manifest", manifest)
+        write_json(out / "manifest.json", manifest)
+        return manifest

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import pyarrow as pa
 from scone_data import SCHEMA_VERSION, __version__, schemas
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
+from scone_data.runtime import outdir
 from scone_data.runtime.bank import (
     Bank,
     BankDamaged,
@@ -34,7 +34,7 @@ from scone_data.runtime.bank import (
     write_unit,
 )
 from scone_data.runtime.progress import progress
-from scone_data.shards.files import sweep_temporaries, write_bytes, write_json, write_parquet
+from scone_data.shards.files import write_bytes, write_json, write_parquet
 from scone_data.shards.ledger import Ledger
 from scone_data.shards.writer import ShardWriter, iter_records
 
@@ -341,26 +341,30 @@ def _provenance(cfg: dict[str, Any], models: list[dict], bank_hash: str, pairs, 
     }
 
 
-def build(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run a whole build described by a loaded config; returns the manifest."""
+def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run a whole build described by a loaded config; returns the manifest.
+
+    ``overwrite`` replaces an earlier output instead of resuming it (see :mod:`.outdir`: refused for
+    anything that is not an output of ours or that holds a source or one of ``reads``, e.g. the
+    pipeline file; the old output is deleted only once the new one is complete)."""
     problems: list[str] = []
     sources = make_sources(cfg, problems)
     stages = make_stages(cfg, problems)
     pairs, shards = make_shard_settings(cfg, problems)
     rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
-    check(problems)
+    check(problems)  # every setting is checked before the output is touched
     out = Path(cfg["output"])
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(out)
-    models = [st.model_info() for st in stages if hasattr(st, "model_info")]
-    # unit_size decides which images share a part file, so it is part of the bank's identity
-    bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})
-    with ray_session(rt):
-        run_bank_phase(cfg, sources, stages, rt, bank_hash)
-        bank = Bank(out)
-        prov = _provenance(cfg, models, bank_hash, pairs, shards)
-        shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
-    return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
+    inputs = outdir.input_paths([cfg.get("sources"), list(reads)])
+    with outdir.claim(out, "build", overwrite=overwrite, reads=inputs):
+        models = [st.model_info() for st in stages if hasattr(st, "model_info")]
+        # unit_size decides which images share a part file, so it is part of the bank's identity
+        bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})
+        with ray_session(rt):
+            run_bank_phase(cfg, sources, stages, rt, bank_hash)
+            bank = Bank(out)
+            prov = _provenance(cfg, models, bank_hash, pairs, shards)
+            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+        return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
 
 
 def regen(
@@ -370,16 +374,17 @@ def regen(
     import json
 
     bank_dir, output = Path(bank_dir), Path(output)
-    src_manifest = (
-        json.loads((bank_dir / "manifest.json").read_text())
-        if (bank_dir / "manifest.json").exists()
-        else None
-    )
     if not (bank_dir / "bank").is_dir():
         raise C.ConfigError([f"{bank_dir}: no bank/ directory (not the output of a build)"])
-    if src_manifest is None:
+    if not (bank_dir / "manifest.json").exists():
         raise C.ConfigError([f"{bank_dir}: no manifest.json (the build did not finish; rerun it first)"])
-    base = dict(src_manifest["config"])
+    try:
+        src_manifest = json.loads((bank_dir / "manifest.json").read_bytes())
+        base = dict(src_manifest["config"])
+        src_hash = src_manifest["config_hash"]
+    except (ValueError, KeyError, TypeError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise C.ConfigError([f"{bank_dir}/manifest.json is not a scone-data manifest ({why})"]) from None
     models = base.pop("models", [])
     base.pop("bank", None)
     cfg = C.load_config(None, overrides, base={**base, "output": str(output)})
@@ -391,18 +396,15 @@ def regen(
     problems: list[str] = []
     pairs, shards = make_shard_settings(cfg, problems)
     rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
-    check(problems)
+    check(problems)  # every setting is checked before the output is touched
     if output.resolve() == bank_dir.resolve():
         raise C.ConfigError(["output: regen writes to a new directory, not into the build it reads"])
     bank, damaged = check_bank(bank_dir, src_manifest)  # shards from a damaged bank would lose data
     if damaged:
         raise BankDamaged(damaged)
-    if overwrite and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(output)
-    prov = _provenance(cfg, models, src_manifest["config_hash"], pairs, shards)
-    with ray_session(rt):
-        shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
-    cfg["bank"] = str(bank_dir)
-    return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov)
+    with outdir.claim(output, "regen", overwrite=overwrite, reads=[bank_dir]):
+        prov = _provenance(cfg, models, src_hash, pairs, shards)
+        with ray_session(rt):
+            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+        cfg["bank"] = str(bank_dir)
+        return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov)

@@ -5,8 +5,9 @@ workers and CLI subprocesses inherit it) or in-process with :func:`arm`:
 
 - ``SCONE_FAULT="name[@glob]:n[:action]"`` (several, comma-separated): on the ``n``-th hit (1-based,
   counted in this process) of point ``name`` whose path's file name matches ``glob`` (fnmatch),
-  do ``action``: ``kill`` (SIGKILL this process; the default), ``enospc``, ``erofs`` or ``eio``
-  (raise that ``OSError``, as a full disk, a read-only mount or a failing device would).
+  do ``action``: ``kill`` (SIGKILL this process; the default), ``stop`` (SIGSTOP: the process
+  pauses there, holding what it holds, until a SIGCONT), ``enospc``, ``erofs`` or ``eio`` (raise
+  that ``OSError``, as a full disk, a read-only mount or a failing device would).
 - ``SCONE_FAULT_ONCE=path``: fire at most once over every process (the file is created, with
   O_EXCL, before firing), so a Ray task retry or a resumed run does not die again.
 - ``SCONE_FAULT_TRACE=path``: append ``name<TAB>path`` for every hit (armed or not), to choose
@@ -31,7 +32,7 @@ POINTS = {
     "before_publish": "a file's bytes are flushed to its hidden temporary, not yet fsynced or renamed",
     "published": "the file is renamed into place, nothing recorded after it yet",
 }
-ACTIONS = {"kill": None, "enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}
+ACTIONS = {"kill": None, "stop": None, "enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}
 
 
 @dataclass
@@ -116,6 +117,9 @@ def _claim(once: str | None) -> bool:
 
 def _fire(fault: Fault, path: str | os.PathLike) -> None:
     code = ACTIONS[fault.action]
+    if fault.action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
+        return
     if code is None:
         os.kill(os.getpid(), signal.SIGKILL)
     raise OSError(code, f"{os.strerror(code)} (injected at {fault.name})", str(path))

@@ -1,15 +1,18 @@
 """Atomic file writes: readers never see a partial file.
 
-Every output is written under a hidden temporary name in the same directory (``.tmp-<name>``,
-which no ``*.tar``/``*.parquet`` glob matches), flushed and fsynced, then renamed into place with
-``os.replace`` (atomic on POSIX). A crash leaves at worst a stale temporary, which the next run
-overwrites or :func:`sweep_temporaries` removes.
+Every output is written under a hidden temporary name in the same directory
+(``.tmp-scone.<pid>.<name>``, which no ``*.tar``/``*.parquet`` glob matches), flushed and fsynced,
+then renamed into place with ``os.replace`` (atomic on POSIX). A crash leaves at worst a stale
+temporary, which the next run into that output removes with :func:`sweep_temporaries`. The name is
+specific (a marker and the writer's pid) so that the sweep deletes only files of exactly that
+form: a user's own ``.tmp-*`` files in a reused folder are left alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,18 @@ import pyarrow.parquet as pq
 
 from scone_data.runtime import faults
 
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-scone."  # every temporary of ours starts with it (validate looks for them)
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9]+\..+")
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}")
+    """The hidden temporary this process writes ``path`` under."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}.{path.name}")
+
+
+def is_temporary(name: str) -> bool:
+    """True for exactly the names :func:`tmp_path` makes."""
+    return _TMP_NAME.fullmatch(name) is not None
 
 
 class OutputWriteError(OSError):
@@ -34,7 +44,7 @@ class OutputWriteError(OSError):
         return self.strerror or super().__str__()
 
 
-def _write_error(path: Path, e: OSError) -> OutputWriteError:
+def write_error(path: Path, e: OSError) -> OutputWriteError:
     return OutputWriteError(
         e.errno,
         f"cannot write {path}: {e.strerror or e}; nothing was published under that name "
@@ -55,7 +65,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(tmp, mode)  # noqa: SIM115 - closed below on both paths
     except OSError as e:
-        raise _write_error(path, e) from e
+        raise write_error(path, e) from e
     try:
         yield f
         f.flush()
@@ -69,7 +79,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
             f.close()
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
-            raise _write_error(path, e) from e
+            raise write_error(path, e) from e
         raise
 
 
@@ -89,10 +99,13 @@ def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
 
 
 def sweep_temporaries(root: str | os.PathLike) -> int:
-    """Delete stale temporaries left by a killed run under ``root``; returns how many."""
+    """Delete stale temporaries left by a killed run of ours under ``root``; returns how many.
+
+    Call it only while holding the output's lock (:mod:`scone_data.runtime.outdir`): a live run's
+    temporaries look the same as a dead one's."""
     n = 0
     for p in Path(root).rglob(f"{TMP_PREFIX}*"):
-        if p.is_file():
+        if is_temporary(p.name) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             n += 1
     return n

@@ -90,7 +90,7 @@ def _check_visible(out: Path, want: dict[str, bytes], label: str) -> None:
         if p.is_file()
         and str(p.relative_to(out)) not in known
         and p.parts[len(out.parts)] != "ledger"
-        and p.name not in ("manifest.json", "dataset_card.md")
+        and p.name not in ("manifest.json", "dataset_card.md", ".scone-data.lock")
         and not p.name.startswith(".tmp-")
     ]
     assert not stray, f"{label}: files under final names that readers do not know: {stray}"

@@ -64,6 +64,19 @@ def toy_config(coco: Path, out: Path, **sections) -> dict:
     """A loaded build config over the toy corpus: in-process, units of 1 image, shards of 3 samples."""
     from scone_data.runtime.config import load_config
 
+    return load_config(None, base=toy_settings(coco, out, **sections))
+
+
+def toy_pipeline(path: Path, coco: Path, out: Path, **sections) -> Path:
+    """The toy build as a pipeline file at ``path`` (for the CLI); returns ``path``."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(toy_settings(coco, out, **sections)))
+    return path
+
+
+def toy_settings(coco: Path, out: Path, **sections) -> dict:
     base = {
         "output": str(out),
         "seed": 0,
@@ -78,7 +91,23 @@ def toy_config(coco: Path, out: Path, **sections) -> dict:
     }
     for k, v in sections.items():
         base[k] = {**base[k], **v} if isinstance(base.get(k), dict) and isinstance(v, dict) else v
-    return load_config(None, base=base)
+    return base
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``scone-data ARGV`` in this process: ``(exit code, stderr)``; a traceback fails the test."""
+    from scone_data.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def one_line_error(err: str) -> str:
+    """The single ``error: ...`` line of a refused command's stderr (log lines aside)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def temporaries(out: Path) -> list[str]:
