@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -30,7 +31,24 @@ def load_manifest(output: str | Path) -> dict[str, Any]:
     p = Path(output) / "manifest.json"
     if not p.exists():
         raise InteropError(f"{output}: no manifest.json (not a scone-data output, or the run did not finish)")
-    return json.loads(p.read_text())
+    try:
+        manifest = json.loads(p.read_bytes())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+            raise ValueError("no shard list")
+    except ValueError as e:  # bad JSON and bad UTF-8 are ValueErrors too
+        raise InteropError(
+            f"{p} is not a scone-data manifest ({' '.join(str(e).split())[:200]})", code=2
+        ) from None
+    return manifest
+
+
+def _corrupt(path: Path, e: Exception) -> InteropError:
+    """A shard or index that cannot be read: one line naming it (exit code 2)."""
+    why = " ".join(str(e).split())[:200] or type(e).__name__
+    return InteropError(
+        f"{path}: truncated or corrupt ({why}); `scone-data validate {path.parent.parent}` lists every problem",
+        code=2,
+    )
 
 
 def shard_paths(output: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
@@ -46,12 +64,15 @@ def count_samples(
     n = 0
     for tar in shard_paths(output, manifest):
         idx = tar.with_suffix(".parquet")
-        if split is None:
-            n += pq.ParquetFile(idx).metadata.num_rows
-        else:
-            n += sum(
-                1 for s in pq.read_table(idx, columns=["split"]).column("split").to_pylist() if s == split
-            )
+        try:
+            if split is None:
+                n += pq.ParquetFile(idx).metadata.num_rows
+            else:
+                n += sum(
+                    1 for s in pq.read_table(idx, columns=["split"]).column("split").to_pylist() if s == split
+                )
+        except (pa.ArrowException, KeyError) as e:  # pyarrow's FileNotFoundError passes as an OSError
+            raise _corrupt(idx, e) from None
     return n
 
 
@@ -66,22 +87,29 @@ def iter_samples(
     ``members`` is empty for records where ``want_images`` is (or returns) False.
     """
     for tar_path in shard_paths(output, manifest):
-        with tarfile.open(tar_path, "r:") as tf:
-            rec: dict[str, Any] | None = None
-            keep = False
-            members: dict[str, bytes] = {}
-            key = None
-            for m in tf:
-                k, _, ext = m.name.partition(".")
-                if k != key:
-                    if rec is not None and (split is None or rec["split"] == split):
-                        yield rec, members
-                    key, rec, members, keep = k, None, {}, False
-                if ext == "json":
-                    rec = json.loads(tf.extractfile(m).read())
-                    keep = split is None or rec["split"] == split
-                    keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
-                elif keep:
-                    members[ext] = tf.extractfile(m).read()
-            if rec is not None and (split is None or rec["split"] == split):
-                yield rec, members
+        try:
+            yield from _tar_samples(tar_path, split, want_images)
+        except (tarfile.TarError, EOFError, ValueError, KeyError) as e:  # torn tar, bad member json
+            raise _corrupt(tar_path, e) from None
+
+
+def _tar_samples(tar_path: Path, split, want_images) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
+    with tarfile.open(tar_path, "r:") as tf:
+        rec: dict[str, Any] | None = None
+        keep = False
+        members: dict[str, bytes] = {}
+        key = None
+        for m in tf:
+            k, _, ext = m.name.partition(".")
+            if k != key:
+                if rec is not None and (split is None or rec["split"] == split):
+                    yield rec, members
+                key, rec, members, keep = k, None, {}, False
+            if ext == "json":
+                rec = json.loads(tf.extractfile(m).read())
+                keep = split is None or rec["split"] == split
+                keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
+            elif keep:
+                members[ext] = tf.extractfile(m).read()
+        if rec is not None and (split is None or rec["split"] == split):
+            yield rec, members

@@ -4,16 +4,20 @@ A unit's outputs are first published under their final names (atomically, see ``
 only then is its marker written. On a rerun, units with a marker are skipped and all others are
 redone from scratch, overwriting whatever a killed attempt left, so nothing is lost or duplicated.
 Each marker stores the hash of the settings that produced it: resuming with other settings is an
-error instead of a silently mixed output.
+error instead of a silently mixed output. A marker that cannot be read (torn by a broken disk,
+edited by hand) counts as not done, with a warning: the unit is redone and its marker rewritten.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from scone_data.shards.files import write_json
+
+log = logging.getLogger("scone_data")
 
 
 class SettingsChanged(RuntimeError):
@@ -33,7 +37,15 @@ class Ledger:
         p = self._marker(unit)
         if not p.exists():
             return None
-        rec = json.loads(p.read_text())
+        try:
+            rec = json.loads(p.read_bytes())
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            rec, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = "no config_hash in it"
+        if not isinstance(rec, dict) or "config_hash" not in rec:
+            log.warning("ledger marker %s is unreadable (%s): redoing %s", p, why, unit)
+            return None
         if rec.get("config_hash") != self.config_hash:
             raise SettingsChanged(
                 f"{p} was written with other settings (config hash {rec.get('config_hash')} != {self.config_hash}); "
