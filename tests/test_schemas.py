@@ -55,3 +55,36 @@ def test_pyproject_lists_every_package(repo_root):
             continue
         name = ".".join([dirs[top], *rel.parts[1:]])
         assert name in listed, f"{rel} has an __init__.py but {name} is not in pyproject's packages"
+
+
+def test_subject_colour_shares_are_optional_and_old_parts_still_read():
+    rec = {
+        "schema_version": 1, "subject_id": "img-000", "image_id": "img", "label": "cup",
+        "box_xyxy": [1.0, 2.0, 30.0, 40.0], "det_score": 1.0, "det_source": "annotation",
+        "mask_rle": {"size": [50, 50], "counts": "0"}, "mask_score": 1.0, "mask_source": "grabcut",
+        "stability": 1.0, "area_frac": 0.1,
+        "attributes": {"color": "mixed", "colors": [{"name": "blue", "share": 0.45}, {"name": "orange", "share": 0.4}],
+                       "position": "middle-center", "size_rank": 0},
+    }  # fmt: skip
+    t = schemas.to_table("subject", [rec])
+    colors = t.schema.field("attributes").type.field("colors")
+    assert colors.nullable and colors.type == pa.list_(pa.struct([pa.field("name", pa.string(), False),
+                                                                  pa.field("share", pa.float64(), False)]))  # fmt: skip
+    assert schemas.from_table("subject", t) == [rec]
+    old = {**rec, "attributes": {k: v for k, v in rec["attributes"].items() if k != "colors"}}
+    schemas.validate("subject", old)
+    old_table = pa.Table.from_pylist([old])  # a part written before colours had shares
+    assert schemas.from_table("subject", old_table)[0]["attributes"] == old["attributes"]
+    with pytest.raises(schemas.SchemaError, match=r"attributes\.colors\[0\]"):
+        schemas.validate("subject", {**rec, "attributes": {**rec["attributes"], "colors": [{"name": "red"}]}})
+
+
+def test_reject_label_and_box_are_optional():
+    rec = schemas.reject_record("subjects", "mem://a", "a", "subject_mask_bleeds", "flag 0.47")
+    schemas.validate("reject", rec)
+    schemas.validate("reject", {**rec, "label": "flag", "box_xyxy": [0.0, 0.0, 235.0, 600.0]})
+    with pytest.raises(schemas.SchemaError, match="box_xyxy"):
+        schemas.validate("reject", {**rec, "box_xyxy": [0.0, 0.0, 235.0]})
+    t = schemas.to_table("reject", [rec])
+    assert t.schema.field("box_xyxy").type == pa.list_(pa.float64())
+    assert schemas.from_table("reject", t)[0]["box_xyxy"] is None

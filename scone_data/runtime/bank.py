@@ -14,6 +14,7 @@ deterministic.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,13 @@ def unit_tables(batch: Batch) -> dict[str, pa.Table]:
         uri, image_id = batch["uri"][i], batch.get("image_id", [None] * n)[i]
         for sr in batch.get("subject_rejects", [None] * n)[i] or []:
             detail = f"{sr.get('label', '')} {sr.get('detail', '')}".strip()
-            rejects.append(
-                schemas.reject_record("subjects", uri, image_id, f"subject_{sr['reason']}", detail)
-            )
+            rec = schemas.reject_record("subjects", uri, image_id, f"subject_{sr['reason']}", detail)
+            # where the rejected subject was: the pair builder keeps targets free of such instances
+            rec["label"] = str(sr["label"]) if sr.get("label") is not None else None
+            box = sr.get("box_xyxy")
+            ok = isinstance(box, (list, tuple)) and len(box) == 4
+            rec["box_xyxy"] = [float(v) for v in box] if ok and all(math.isfinite(v) for v in box) else None
+            rejects.append(rec)
         if batch["status"][i] != OK:
             code, detail = _split_reason(batch["reason"][i])
             rejects.append(
@@ -187,6 +192,27 @@ class Bank:
         for rec in self.duplicates:
             detail = f"same bytes/id as {self.images[rec['image_id']]['uri']}"
             out.append(schemas.reject_record("bank", rec["uri"], rec["image_id"], "duplicate_image", detail))
+        return out
+
+    def rejected_subjects(self) -> list[dict[str, Any]]:
+        """Every subject reject of a bank image that kept its box, as ``{"image_id", "label",
+        "box_xyxy", "reason"}`` (``box_xyxy``: x0, y0, x1, y1 float pixels of the image; ``reason``: as
+        in :meth:`rejects`, e.g. ``"subject_mask_bleeds"``), in part and row order. The instances are
+        still in the photos: the pair builder keeps them out of targets whose instruction names them.
+        Reject parts written before rejects kept boxes add nothing."""
+        out = []
+        for part in _parts(self.root, "rejects"):
+            if "box_xyxy" not in pq.read_schema(part).names:
+                continue
+            for r in read_part(part, "rejects"):
+                iid = r["image_id"]
+                # only the copy of a duplicated image that the bank kept (its part has the same name)
+                if r["stage"] != "subjects" or r["box_xyxy"] is None or iid not in self.images:
+                    continue
+                if Path(self.image_part[iid]).name != part.name:
+                    continue
+                out.append({"image_id": iid, "label": r["label"] or "", "box_xyxy": list(r["box_xyxy"]),
+                            "reason": r["reason"]})  # fmt: skip
         return out
 
 

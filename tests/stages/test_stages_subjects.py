@@ -6,9 +6,10 @@ import skimage.data
 from pycocotools import mask as mask_utils
 
 from scone_data import schemas
-from scone_data.imageio import mask_to_rle
+from scone_data.imageio import mask_to_rle, rle_to_mask
+from scone_data.stages.colors import COLOR_NAMES, color_attributes, pixel_color_names
 from scone_data.stages.grabcut import GrabCutSegmenter
-from scone_data.stages.subjects import SubjectFilter, dominant_color, pixel_color_names, position_bucket
+from scone_data.stages.subjects import SubjectFilter, position_bucket
 
 
 def _row(image, subjects):
@@ -28,8 +29,6 @@ def test_colour_names_of_plain_colours():
         ],
         np.uint8,
     )
-    from scone_data.stages.subjects import COLOR_NAMES
-
     names = [COLOR_NAMES[i] for i in pixel_color_names(rgb)]
     assert names == ["red", "green", "blue", "white", "black", "gray", "yellow"]
 
@@ -95,10 +94,139 @@ def test_dominant_colour_inside_a_mask():
     img[:, 5:] = (30, 30, 220)
     mask = np.zeros((10, 10), bool)
     mask[:, :4] = True
-    assert dominant_color(img, mask) == "red"
-    assert dominant_color(img, ~mask) == "blue"
+    assert color_attributes(img, mask)[0] == "red"
+    assert color_attributes(img, ~mask)[0] == "blue"
 
 
 @pytest.mark.parametrize("bad", [{"min_area_frac": 0.5, "max_area_frac": 0.1}, {"max_border_sides": 7}])
 def test_bad_settings_are_named(bad):
     assert SubjectFilter(**bad).validate()
+
+
+# -- the mask quality gate: tiny scenes drawn here, one test per reason --------------------------------
+
+H, W = 120, 160
+
+
+def _disc(cx, cy, r):
+    yy, xx = np.mgrid[:H, :W]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+def _subject(label, mask, box=None, source="annotation"):
+    ys, xs = np.nonzero(mask)
+    box = box or [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    return {"label": label, "box_xyxy": [float(v) for v in box], "mask_rle": mask_to_rle(mask),
+            "mask_score": 1.0, "mask_source": source}  # fmt: skip
+
+
+def _filter(subjects, **settings):
+    img = np.full((H, W, 3), 200, np.uint8)
+    out = SubjectFilter(**settings)(_row(img, subjects))
+    return out["subjects"][0], out["subject_rejects"][0]
+
+
+def _reasons(dropped):
+    return {d["label"]: d["reason"] for d in dropped}
+
+
+def test_a_box_fallback_or_a_rectangle_mask_is_never_kept():
+    rect = np.zeros((H, W), bool)
+    rect[20:60, 30:90] = True
+    kept, dropped = _filter([_subject("sign", rect), _subject("cup", _disc(120, 80, 20), source="box")])
+    assert kept == [] and _reasons(dropped) == {"sign": "mask_is_box", "cup": "mask_is_box"}
+    kept, _ = _filter([_subject("ball", _disc(60, 60, 30))])  # a disc fills pi/4 of its square
+    assert [s["label"] for s in kept] == ["ball"]
+
+
+def test_a_mask_filling_little_of_its_box_is_rejected_but_a_diagonal_spoon_is_kept():
+    blob = _disc(40, 90, 12)  # GrabCut found a corner of the box: 452 px of a 100 x 100 box
+    kept, dropped = _filter([_subject("person", blob, box=[10, 10, 110, 110])])
+    assert kept == [] and _reasons(dropped) == {"person": "mask_fill_low"}
+    yy, xx = np.mgrid[:H, :W]
+    spoon = (np.abs((yy - 10) - (xx - 20) * 0.8) <= 3) & (xx >= 20) & (xx < 140)  # thin, corner to corner
+    spoon |= _disc(128, 96, 8)  # and its bowl, at the end of the handle
+    kept, dropped = _filter([_subject("spoon", spoon)])
+    assert dropped == [] and kept[0]["label"] == "spoon"
+    assert kept[0]["area_frac"] * H * W < 0.25 * 120 * 100  # well under the box fill floor
+
+
+def test_a_mask_in_pieces_is_rejected():
+    pieces = _disc(40, 60, 18) | _disc(110, 60, 18)  # two equal blobs: the largest holds half
+    kept, dropped = _filter([_subject("dog", pieces)], min_box_fill=0.0)
+    assert kept == [] and _reasons(dropped) == {"dog": "mask_in_pieces"}
+
+
+def test_a_pixel_in_two_masks_belongs_to_the_smaller_one():
+    person = _disc(80, 70, 45)
+    hat = _disc(80, 30, 12) & person  # the person's mask covers the hat too
+    kept, dropped = _filter([_subject("person", person), _subject("hat", hat)])
+    assert dropped == []
+    by = {s["label"]: s for s in kept}
+    pm, hm = rle_to_mask(by["person"]["mask_rle"]), rle_to_mask(by["hat"]["mask_rle"])
+    assert not (pm & hm).any() and (pm | hm).sum() == person.sum()  # the person lost exactly the hat
+    assert by["person"]["area_frac"] == pm.sum() / (H * W)
+    ys = np.nonzero(pm.any(1))[0]
+    assert by["person"]["box_xyxy"][1] == ys.min() > 25  # its box follows its mask
+    assert by["hat"]["box_xyxy"] == _subject("hat", hat)["box_xyxy"]  # an untouched mask keeps its box
+
+
+def test_a_mask_bleeding_into_a_neighbour_gives_the_pixels_back_or_is_rejected():
+    xx = np.mgrid[:H, :W][1]
+    left, right = _disc(45, 60, 30), _disc(105, 60, 38)
+    # the left subject's box reaches into its neighbour and its mask took a third of its pixels there
+    bleed = left | (right & (xx < 95))
+    kept, dropped = _filter([_subject("person", bleed, box=[15, 22, 95, 92]), _subject("person", right)])
+    assert dropped == [] and len(kept) == 2
+    assert np.array_equal(rle_to_mask(kept[0]["mask_rle"]), left & ~right)  # trimmed back to itself
+    assert np.array_equal(rle_to_mask(kept[1]["mask_rle"]), right)  # and nothing carved out of the neighbour
+    # a mask that is mostly its neighbour (a "person" that is mostly a bus wheel) is rejected
+    wheel = _disc(50, 60, 8) | (right & (xx < 100))
+    kept, dropped = _filter([_subject("person", wheel, box=[40, 20, 100, 100]), _subject("bus", right)])
+    assert [(d["label"], d["reason"]) for d in dropped] == [("person", "mask_bleeds")]
+    assert dropped[0]["box_xyxy"] == [40, 20, 100, 100]
+    assert len(kept) == 1 and np.array_equal(rle_to_mask(kept[0]["mask_rle"]), right)
+    # the same overlap inside its neighbour's box (a hat on a head) is a part, not a bleed
+    kept, dropped = _filter([_subject("person", _disc(80, 70, 45)), _subject("hat", _disc(80, 40, 12))])
+    assert dropped == [] and len(kept) == 2
+
+
+def test_rejects_keep_label_and_box():
+    _, dropped = _filter([_subject("speck", _disc(20, 20, 1))])
+    assert dropped == [{"label": "speck", "reason": "too_small", "detail": dropped[0]["detail"],
+                        "box_xyxy": [19.0, 19.0, 22.0, 22.0]}]  # fmt: skip
+
+
+def test_subject_rejects_reach_the_bank_with_their_boxes(tmp_path):
+    import pyarrow.parquet as pq
+
+    from scone_data.imageio import encode_png
+    from scone_data.runtime.bank import Bank, write_unit
+
+    img = np.full((H, W, 3), 200, np.uint8)
+    batch = _row(
+        img, [_subject("ball", _disc(50, 60, 25)), _subject("cup", _disc(120, 60, 20), source="box")]
+    )
+    batch.update(
+        uri=["mem://img1"], pos=[0], width=[W], height=[H], source=["test"], image_bytes=[encode_png(img)]
+    )
+    batch = SubjectFilter()(batch)
+    write_unit(tmp_path, 0, batch)
+    bank = Bank(tmp_path)
+    want = [
+        {
+            "image_id": "img1",
+            "label": "cup",
+            "box_xyxy": [100.0, 40.0, 141.0, 81.0],
+            "reason": "subject_mask_is_box",
+        }
+    ]
+    assert bank.rejected_subjects() == want
+    (rec,) = bank.rejects()
+    assert rec["detail"].startswith("cup segmenter fell back") and rec["box_xyxy"] == want[0]["box_xyxy"]
+    # a rejects part written before rejects kept labels and boxes still reads, and adds no boxes
+    part = tmp_path / "bank/rejects/part-00000.parquet"
+    old = pq.read_table(part).drop_columns(["label", "box_xyxy"])
+    pq.write_table(old, part)
+    assert bank.rejected_subjects() == []
+    assert schemas.from_table("reject", old)[0]["reason"] == "subject_mask_is_box"
