@@ -1,14 +1,18 @@
 """Stage configs: one YAML per stage, `key=value` overrides, presets, and validation of every field.
 
-Overrides use dotted keys (`train.steps=5`, `data.shards=[a,b]`), values parsed as YAML.
+Overrides use dotted keys (`train.steps=5`, `data.shards=[a,b]`), values parsed as YAML by the parser
+`scone-data` uses (scone_data/runtime/overrides.py: duplicate keys refused, `1e-3` a float).
 `preset=tiny` merges the tiny model/data sizes below before the other overrides are applied.
+Every field is checked against its type (`bool` is not an int; `1e3` is the int 1000) and every
+problem is reported at once (a ConfigError, a ValueError: `scone-train` exits 2).
 """
 
 import copy
 from pathlib import Path
 
-import yaml
 from scone_train.data import TASKS
+
+from scone_data.runtime.overrides import ConfigError, check_value, parse_overrides, read_yaml, set_dotted
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -58,30 +62,19 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def set_dotted(cfg: dict, key: str, value) -> None:
-    node = cfg
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     """YAML file (or the name of a bundled config) + `key=value` overrides -> validated dict."""
     p = Path(path)
     if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
         p = CONFIG_DIR / f"{path}.yaml"
-    cfg = yaml.safe_load(p.read_text())
-    pairs = []
-    for o in overrides:
-        if "=" not in o:
-            raise ValueError(f"override {o!r} is not key=value")
-        k, v = o.split("=", 1)
-        pairs.append((k.strip(), _parse(v)))
+    cfg = read_yaml(p)
+    if not isinstance(cfg, dict):
+        raise ConfigError([f"{p}: the top level must be a mapping"])
+    pairs = parse_overrides(overrides)
     for k, v in pairs:
         if k == "preset":
-            if v not in PRESETS:
-                raise ValueError(f"unknown preset {v!r}; known: {sorted(PRESETS)}")
+            if not isinstance(v, str) or v not in PRESETS:
+                raise ConfigError([f"preset: unknown preset {v!r}; known: {sorted(PRESETS)}"])
             cfg = merge(cfg, PRESETS[v])
     for k, v in pairs:
         if k != "preset":
@@ -90,38 +83,47 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     return cfg
 
 
-def _parse(v: str):
-    """YAML value; also reads 1e-3 as a float (YAML 1.1 would keep it a string)."""
-    out = yaml.safe_load(v)
-    if isinstance(out, str):
-        try:
-            return float(out)
-        except ValueError:
-            pass
-    return out
-
-
 def validate(cfg: dict) -> None:
-    """Raise one ValueError listing every problem."""
+    """Raise one ConfigError (a ValueError) listing every problem; numbers are coerced in place
+    (an integral float such as 1e3 where an int is wanted becomes 1000)."""
     errs = []
 
     def need(path, kind):
+        """The value at ``path`` checked against the type ``kind``; None when missing or wrong."""
+        node, parent = cfg, None
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                errs.append(f"{path}: missing")
+                return None
+            node, parent = node[part], node
+        value, problem = check_value(node, kind, path)
+        if problem:
+            errs.append(problem)
+            return None
+        parent[path.rsplit(".", 1)[-1]] = value
+        return value
+
+    def optional(path, kind):
+        """Like need, for a setting with a default in the code (checked only when given)."""
         node = cfg
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
-                errs.append(f"missing {path}")
                 return None
             node = node[part]
-        if not isinstance(node, kind):
-            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            errs.append(f"{path} must be {names}, got {node!r}")
-        return node
+        return need(path, kind)
 
     need("stage", str)
-    shards = need("data.shards", (list, str))
+    optional("model.path", str | None)
+    optional("model.init_seed", int)
+    optional("data.split", str)
+    optional("data.dropout", dict[str, float])
+    need("train.betas", tuple[float, float])
+    need("train.eps", float)
+    need("train.activation_checkpointing", bool)
+    shards = need("data.shards", list[str] | str)
     if isinstance(shards, list) and not shards:
         errs.append("data.shards is empty")
-    tasks = need("data.tasks", list) or []
+    tasks = need("data.tasks", list[str]) or []
     errs += [f"data.tasks: unknown task {t!r}" for t in tasks if t not in TASKS]
     for k in ("max_tokens", "max_tokens_per_sample", "num_workers"):
         need(f"data.{k}", int)
@@ -132,14 +134,14 @@ def validate(cfg: dict) -> None:
     if isinstance(steps, int) and isinstance(warm, int) and not 0 <= warm <= steps:
         errs.append(f"train.warmup_steps {warm} must be in [0, train.steps={steps}]")
     for k in ("lr", "weight_decay", "grad_clip", "timestep_shift"):
-        need(f"train.{k}", (int, float))
+        need(f"train.{k}", float)
     for k in ("seed", "log_every", "save_every"):
         need(f"train.{k}", int)
-    if need("train.dtype", str) not in ("bf16", "fp32"):
+    if need("train.dtype", str) not in ("bf16", "fp32", None):
         errs.append("train.dtype must be bf16 or fp32")
     need("train.output_dir", str)
-    need("train.trainable", list)
-    need("train.frozen", list)
+    need("train.trainable", list[str])
+    need("train.frozen", list[str])
     if need("mask.enabled", bool):
         a, f, last = (
             need("mask.after_layer", int),
@@ -150,8 +152,8 @@ def validate(cfg: dict) -> None:
             errs.append(
                 f"mask layers must satisfy after_layer < first_layer <= last_layer, got {a}, {f}, {last}"
             )
-        need("mask.threshold", (int, float))
+        need("mask.threshold", float)
     if cfg.get("attention", "dense") not in ("dense", "flex"):
         errs.append("attention must be dense or flex")
     if errs:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errs))
+        raise ConfigError(errs)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from scone_data.runtime import overrides as O
+from scone_data.runtime.overrides import ConfigError
 
 SECTIONS = (
     "output",
@@ -42,12 +43,6 @@ SECTIONS = (
     "runtime",
 )
 BANK_SECTIONS = ("sources", "decode", "detect", "segment", "subjects")
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass
@@ -84,23 +79,9 @@ class RuntimeSettings:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["pairs.seed=3", "runtime.executor=local"]`` -> nested dict; values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError([f"override {item!r}: expected key=value"])
-        key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:  # safe_load: a tag such as !!python/object is refused, not run
-            raise ConfigError(
-                [f"override {item!r}: not a valid YAML value ({' '.join(str(e).split())})"]
-            ) from e
-    return out
+    """``["pairs.seed=3", "runtime.executor=local"]`` -> nested dict (the parser ``scone-train`` uses too,
+    see :mod:`.overrides`: values are YAML, a tag such as !!python/object is refused, not run)."""
+    return O.nest(O.parse_overrides(items))
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -114,24 +95,26 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())  # safe_load: a config never executes code
-    except FileNotFoundError as e:
-        raise ConfigError([f"{path}: no such file"]) from e
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    data = O.read_yaml(path)  # duplicate keys and non-UTF-8 text refused; never executes code
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
     return data
 
 
 def build_dataclass(cls, section: str, settings: dict[str, Any] | None, problems: list[str], **extra):
-    """Instantiate ``cls(**settings)``, recording unknown keys and constructor errors in ``problems``."""
-    settings = dict(settings or {})
+    """Instantiate ``cls(**settings)``, recording unknown keys, values of the wrong type (each field
+    against its annotation) and constructor errors in ``problems``; None when the section is bad."""
+    if settings is not None and not isinstance(settings, dict):
+        problems.append(f"{section}: must be a mapping, got {settings!r}")
+        return None
+    settings, wrong = O.check_fields(cls, dict(settings or {}), section)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(settings) - names)
     for k in unknown:
         problems.append(f"{section}.{k}: unknown setting (known: {', '.join(sorted(names))})")
+    problems.extend(wrong)
+    if wrong:  # validate() compares values and would fail on the wrong types; those are reported
+        return None
     try:
         obj = cls(**{k: v for k, v in settings.items() if k in names}, **extra)
     except (TypeError, ValueError) as e:
@@ -169,8 +152,10 @@ def load_config(
     problems = [f"{k}: unknown section (known: {', '.join(SECTIONS)})" for k in cfg if k not in SECTIONS]
     if not cfg.get("output"):
         problems.append("output: required (the run's directory)")
-    if not isinstance(cfg.get("seed", 0), int):
-        problems.append("seed: must be an integer")
+    for key, ann in (("output", str), ("seed", int)):
+        if key in cfg and (key == "seed" or cfg[key] is not None):
+            cfg[key], p = O.check_value(cfg[key], ann, key)
+            problems += [p] if p else []
     srcs = cfg.get("sources")
     if not isinstance(srcs, list) or not srcs:
         problems.append("sources: a non-empty list of sources is required")
@@ -178,6 +163,13 @@ def load_config(
         if cfg.get(k) is not None and not isinstance(cfg[k], dict):
             problems.append(f"{k}: must be a mapping or null")
     if problems:
+        # list the wrong types of the sections checked here too, with these (build and regen check
+        # every section with its class once the file itself is sound)
+        from scone_data.pairs.config import PairConfig
+
+        for name, cls in (("pairs", PairConfig), ("shards", ShardSettings), ("runtime", RuntimeSettings)):
+            if isinstance(cfg.get(name), dict):
+                problems += O.check_fields(cls, cfg[name], name)[1]
         raise ConfigError(problems)
     cfg.setdefault("seed", 0)
     return cfg
