@@ -47,7 +47,7 @@ gpu-prepare: setup  ## fill .whl/ (wheels + assets) for a GPU session; see READM
 	bash bench/gpu_prepare.sh
 
 soak: setup  ## fault-injection soak: 500 SIGKILL-and-resume trials of build and regen (~10 min)
-	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py
+	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py tests/runtime/test_runtime_kill.py
 
 TRAIN_DEMO := out/train_demo
 train-demo: demo  ## tiny-preset trainer on the demo shards: stage 1, then stage 2, then sample pictures (CPU)
