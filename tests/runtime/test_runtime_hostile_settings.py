@@ -41,7 +41,6 @@ def _refused(repo_root, tmp_path, capsys, *over, executor="local") -> str:
         ("pairs.scale_range=[1, 2, 3]", "pairs.scale_range: must be a list of 2 numbers"),
         ("pairs.backgrounds=plain", "pairs.backgrounds: must be a list of strings"),
         ("decode.max_pixels=abc", "decode.max_pixels: must be an integer, got 'abc'"),
-        ("subjects=[1]", "subjects: must be a mapping"),
     ],
 )
 def test_hostile_setting_of_the_wrong_type_is_listed(repo_root, tmp_path, capsys, override, expect):
