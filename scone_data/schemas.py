@@ -93,6 +93,11 @@ def _is_free(node: dict[str, Any]) -> bool:
     return (t == "object" or (isinstance(t, list) and "object" in t)) and not node.get("properties")
 
 
+def _nullable(node: dict[str, Any]) -> bool:
+    t = node.get("type")
+    return t == "null" or (isinstance(t, list) and "null" in t) or not t
+
+
 def _convert(node: dict[str, Any], value: Any, fn) -> Any:
     """Apply ``fn`` to every value that sits at a free-form object in the schema (at any depth)."""
     if value is None:
@@ -100,8 +105,13 @@ def _convert(node: dict[str, Any], value: Any, fn) -> Any:
     if _is_free(node):
         return fn(value)
     if node.get("properties") and isinstance(value, dict):
-        props = node["properties"]
-        return {k: (_convert(props[k], v, fn) if k in props else v) for k, v in value.items()}
+        props, required = node["properties"], set(node.get("required", ()))
+        return {
+            k: (_convert(props[k], v, fn) if k in props else v)
+            for k, v in value.items()
+            # an optional property that cannot be null was absent: arrow filled the column with null
+            if not (v is None and k in props and k not in required and not _nullable(props[k]))
+        }
     if "items" in node and isinstance(value, list):
         return [_convert(node["items"], v, fn) for v in value]
     return value

@@ -82,7 +82,7 @@ def render_sample(
                 "subject_label": [c.label for c in r.candidates if c.intended],
                 "expression": r.expression,
                 "augment": aug,
-                "copy_paste": score,
+                **({"copy_paste": score} if score is not None else {}),
             }
         )
     members["target.jpg"] = encode_jpeg(target, cfg.jpeg_quality)
@@ -94,11 +94,11 @@ def render_sample(
         "instruction": plan.instruction,
         "references": refs,
         "target": {
+            **({"crop_box": list(plan.target_crop)} if plan.target_crop is not None else {}),
             "member": "target.jpg",
             "image_id": plan.image_id,
             "width": plan.width,
             "height": plan.height,
-            "crop_box": list(plan.target_crop) if plan.target_crop is not None else None,
             "boxes": [
                 {
                     "subject_id": t.subject_id,

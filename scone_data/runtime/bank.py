@@ -136,7 +136,9 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
                 raise BankDamaged([f"{name}: no image_bytes column"])
             return pq.read_table(part, columns=cols).to_pylist()
         table = pq.read_table(part)
-        want = schemas.arrow_schema(KIND_SCHEMA[kind]).names
+        # only the required columns: optional ones added later (a reject's label and box) may be absent
+        # from parts written before them
+        want = schemas.json_schema(KIND_SCHEMA[kind])["required"]
         missing = [c for c in want if c not in table.schema.names]
         if missing:
             raise BankDamaged([f"{name}: not a {kind} part (missing columns {missing})"])

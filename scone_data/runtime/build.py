@@ -195,6 +195,7 @@ def render_shard(
 ) -> dict[str, Any]:
     """Render ``plans`` into shard ``name`` (runs in a worker); returns the shard's stats."""
     from scone_data.pairs import render_sample
+    from scone_data.pairs.truth import check_sample
 
     loader = ImageLoader(image_part, max_pixels)
     writer = ShardWriter(Path(out) / "shards", name)
@@ -205,6 +206,12 @@ def render_shard(
         except Exception as e:  # a sample that cannot be drawn is counted, the shard goes on
             failed[f"render_error: {type(e).__name__}"] += 1
             log.warning("sample %s failed to render: %s", getattr(plan, "key", "?"), e)
+            continue
+        # the text checker reads the instruction back against what was drawn; a sample a person would
+        # read as false is not written, and each of its reasons is counted
+        reasons = check_sample(record, plan.scene, pairs.max_copy_paste)
+        if reasons:
+            failed.update(f"truth_{r}" for r in reasons)
             continue
         writer.write(record, members)
     stats = writer.close()
@@ -235,7 +242,8 @@ def run_shard_phase(
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
     max_pixels = _max_pixels(cfg)
     loader = ImageLoader(bank.image_part, max_pixels)
-    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs, load_image=loader)
+    others = getattr(bank, "rejected_subjects", lambda: [])()
+    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs, load_image=loader, others=others)
     log.info(
         "planned %d samples in %.1fs from %d subjects",
         len(plans),
@@ -324,7 +332,13 @@ def finalize(
     schemas.validate("manifest", manifest)
     records = (r for n in sorted(shard_stats) for r in iter_records(out / "shards" / f"{n}.tar"))
     reasons = Counter(manifest["rejects"]) + pair_rejects
-    write_bytes(out / "dataset_card.md", dataset_card(records, reasons).encode())
+    bank_info = {
+        "mask_sources": Counter(str(s.get("mask_source", "annotation")) for s in bank.subjects),
+        "images": len(bank.images),
+        "captioned": sum(1 for r in bank.images.values() if r.get("caption")),
+        "licenses": Counter(str(r.get("license") or "not declared") for r in bank.images.values()),
+    }
+    write_bytes(out / "dataset_card.md", dataset_card(records, reasons, bank_info).encode())
     # the manifest is written last: its presence means the whole output is complete
     write_json(out / "manifest.json", manifest)
     return manifest

@@ -217,7 +217,7 @@ def _check_rejects(out: Path, manifest: dict) -> list[str]:
         return ["rejects.parquet is missing"]
     try:
         table = pq.read_table(path)
-        missing = [c for c in schemas.arrow_schema("reject").names if c not in table.schema.names]
+        missing = [c for c in schemas.json_schema("reject")["required"] if c not in table.schema.names]
         if missing:
             return [f"rejects.parquet: not a rejects table (missing columns {missing})"]
         reasons = Counter(table.column("reason").to_pylist())

@@ -107,7 +107,12 @@ def subject_record(image_id: str, n: int, label: str, box, image: np.ndarray, sh
         "mask_source": "annotation",
         "stability": 1.0,
         "area_frac": float(m.sum()) / (h * w),
-        "attributes": {"color": color_name(image, m), "position": "center", "size_rank": 0},
+        "attributes": {
+            "color": color_name(image, m),
+            "position": "center",
+            "size_rank": 0,
+            "colors": [{"name": color_name(image, m), "share": 1.0}],
+        },
     }
     schemas.validate("subject", rec)
     return rec

@@ -9,6 +9,7 @@ from pairs_bank import make_bank
 from scone_data import schemas
 from scone_data.pairs import TASKS, PairConfig, dataset_card, plan_samples, render_sample
 from scone_data.pairs import expressions as ex
+from scone_data.pairs.truth import check_reference
 
 PROV = {"builder_version": "test", "config_hash": "0" * 16, "seed": 0, "source": "test", "models": []}
 
@@ -66,7 +67,9 @@ def test_cutouts_show_the_subject_in_rgb_order(built):
             if ref["kind"] != "cutout" or not c["source_image_id"].startswith("shapes"):
                 continue
             color = next(
-                r.candidates[0].color for r in p.references if r.candidates[0].subject_id == c["subject_id"]
+                r.candidates[0].colors[0][0]
+                for r in p.references
+                if r.candidates[0].subject_id == c["subject_id"] and r.candidates[0].colors
             )
             if color != "red":
                 continue
@@ -86,19 +89,23 @@ def test_intra_expressions_hold_on_rendered_boxes():
     cfg = PairConfig(distractor_strategy="random", val_fraction=0.0, num_samples=50, ref_size=256,
                      max_samples_per_image=0, task_mix=mix, crop_prob=0.5)  # fmt: skip
     plans, _ = plan_samples(subjects, images, cfg)
-    seen = 0
+    seen = moved = 0
     for p in plans:
         rec, _ = render_sample(p, pixels.__getitem__, cfg, PROV)
         for r, ref in zip(p.references, rec["references"]):
             cands = [
-                ex.Cand(c.label, tuple(rc["box_xyxy"]), c.area, c.color)
+                ex.Cand(c.label, tuple(rc["box_xyxy"]), c.area, c.colors)
                 for c, rc in zip(r.candidates, ref["candidates"])
             ]
             t = next(i for i, c in enumerate(ref["candidates"]) if c["intended"])
-            assert ex.select(r.expression_spec, cands, cands[t].label, (ref["width"], ref["height"])) == [t]
+            holds = ex.select(r.expression_spec, cands, cands[t].label, (ref["width"], ref["height"])) == [t]
+            # the warp of the intended canvas subject can move its box past the planner's slack; the
+            # build's text checker then drops the sample: it must agree with the planner's verdict here
+            assert holds == (check_reference(ref, ref["expression"]) is None), ref
+            moved += not holds
             assert ref["expression"] in rec["instruction"]
             seen += 1
-    assert seen >= 50
+    assert seen >= 50 and moved <= 0.1 * seen, (moved, seen)
 
 
 def test_augment_is_recorded(built):

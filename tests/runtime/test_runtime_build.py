@@ -178,3 +178,39 @@ def test_log_json_is_one_event_per_line(tmp_path, repo_root):
         and not events[-1]["ok"]
         and "runtime.unit_size" in events[-1]["error"]
     )
+
+
+def test_demo_passes_the_audit(demo_local, capsys):
+    out, manifest = demo_local
+    assert main(["audit", str(out), "--strict", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == manifest["samples"] and report["failed"] == 0
+    assert set(report["tasks"]) == TASKS
+
+
+def test_audit_finds_a_sample_a_person_reads_as_false(demo_local, tmp_path, capsys):
+    """One instruction rewritten by hand to say what its pictures do not show: audit --strict names it."""
+    import shutil
+    import tarfile
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_local[0], out)
+    tar_path = sorted((out / "shards").glob("*.tar"))[0]
+    with tarfile.open(tar_path) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    key = None
+    with tarfile.open(tar_path, "w") as tf:
+        for m, data in members:
+            if key is None and m.name.endswith(".json"):
+                rec = json.loads(data)
+                key = rec["key"]
+                rec["instruction"] += " Show it in a new scene, with the red person from image 1."
+                data = json.dumps(rec).encode()
+                m.size = len(data)
+            tf.addfile(m, __import__("io").BytesIO(data))
+    assert main(["audit", str(out), "--strict", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    worst = [w for t in report["tasks"].values() for w in t["worst"]]
+    assert [w["key"] for w in worst] == [key]
+    assert {"mention_count", "promises_new_scene"} <= set(worst[0]["reasons"])
+    assert main(["audit", str(out)]) == 0  # without --strict the report is informational
