@@ -8,8 +8,9 @@ subjects that fail the filters, recording each drop in ``subject_rejects`` with 
 and box.
 
 Overlaps are resolved first, over every subject of the image that has a mask (kept or rejected, any
-label): a pixel in two masks belongs to the smaller mask (a hat on a person, a cup in a hand) and is
-removed from the larger, so a cut-out never carries a second subject. Masks that are no segmentation
+label): a pixel in two masks belongs to the smaller mask (a cup in a hand, a pedestrian before a bus)
+and is removed from the larger, so a cut-out never carries a second object; parts and worn things
+(:data:`PART_LABELS`: an eye of a cat, a patch on a suit, a hat) stay in their owner's mask. Masks that are no segmentation
 (``mask_is_box``) take no pixels. A mask that took more than ``max_foreign_share`` (0.3) of its pixels
 from one larger neighbour's mask, where its box is not inside that neighbour's box (at least
 ``nest_share`` (0.9) of it: a hat on a head, an eye of a cat, a pedestrian before a bus are inside
@@ -104,6 +105,24 @@ def _sub(c: Crop, o: Crop) -> tuple[tuple[slice, slice], np.ndarray] | None:
     ys, xs = win
     dy, dx = c.y0 - o.y0, c.x0 - o.x0
     return win, o.m[ys.start + dy : ys.stop + dy, xs.start + dx : xs.stop + dx]
+
+
+# Labels of parts and worn things: where such a subject's mask overlaps a larger one, the larger keeps the
+# pixels. A cat's cut-out shows its eyes and a person's their hat; without this the owner's cut-out got a
+# hole in the shape of the part (seen on the demo: a cat with white eye holes, an astronaut with a hole for
+# her mission patch). Separate objects (a cup in a hand, a pedestrian before a bus) still take their
+# pixels from the larger mask.
+PART_LABELS = frozenset(
+    "eye eyes ear ears nose mouth face head hand hands arm arms leg legs foot feet hair beard tail paw "
+    "wheel window door handle button badge patch logo label emblem "
+    "hat cap helmet glasses sunglasses tie scarf mask collar".split()
+)
+
+
+def is_part(label: str) -> bool:
+    """Whether ``label`` names a part or a worn thing (its last word is in :data:`PART_LABELS`)."""
+    words = str(label).lower().split()
+    return bool(words) and words[-1] in PART_LABELS
 
 
 def resolve_overlaps(masks: list[Crop | None], takers: set[int]) -> tuple[list[Crop | None], list[bool]]:
@@ -303,7 +322,10 @@ class SubjectFilter(Stage):
         inputs = list(masks)
         bleeds: dict[int, str] = {}
         while True:
-            crops, _ = resolve_overlaps(masks, takers)
+            # a part or a worn thing leaves its pixels to its owner too (see PART_LABELS)
+            crops, _ = resolve_overlaps(
+                masks, {k for k in takers if not is_part(subjects[k].get("label", ""))}
+            )
             found = False
             for k in sorted(takers):
                 total, over = self._bleed(k, crops[k], masks, takers, boxes)

@@ -74,7 +74,8 @@ def test_colour_needs_dominance_here_and_absence_elsewhere():
     other = ex.Cand("cup", (270, 220, 330, 280), 3600.0, (("blue", 0.75), ("red", 0.25)))
     assert not ok((("color", "red"),), [cand(100, 250), other], 0)
     assert ok((("color", "red"),), [cand(100, 250), cand(300, 250, color="blue")], 0)
-    assert ex.color_word((("red", 0.8),), "mug") == "red"
+    assert ex.color_word((("red", 0.85),), "mug") == "red"
+    assert ex.color_word((("red", 0.7),), "mug") is None
     assert ex.color_word((("red", 0.8),), "person") is None
     assert ex.color_word((("red", 0.45), ("blue", 0.4)), "mug") is None
     assert ex.color_word((), "mug") is None
