@@ -5,7 +5,8 @@ raises for bad data (a reject row with a reason instead). Build one from a confi
 :func:`make_source`, e.g. ``{"type": "folder", "name": "photos", "root": "data/photos"}``.
 
 Every row reject reason a source can emit (details after ``: `` where the module says so):
-all: ``missing_file``, ``unreadable_file``, ``file_too_large``, ``path_outside_root``;
+all: ``missing_file``, ``unreadable_file``, ``file_too_large``, ``path_outside_root``,
+``not_a_regular_file``;
 folder: ``unsupported_extension``, ``symlink_outside_root``, ``symlinked_dir``, ``bad_caption``;
 parquet: ``missing_image``, ``empty_file``, ``missing_path``, ``bad_ref``;
 coco: ``bad_image_entry``, ``duplicate_image_id``, ``bad_ref`` (and, from

@@ -12,6 +12,7 @@ Reject reasons shared by sources (each source's module lists its own):
 - ``unreadable_file: <detail>``: the OS refused to read it.
 - ``file_too_large: <n> bytes``: bigger than the source's ``max_file_bytes``.
 - ``path_outside_root``: a relative path or symlink leads outside the configured root.
+- ``not_a_regular_file``: a FIFO, device or socket (opening a FIFO would block the build forever).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,10 +80,16 @@ def is_within(path: str, root: str) -> bool:
 def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
     """Read a whole file: ``(data, "")`` or ``(None, reason)`` with a reason from the module docstring."""
     try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            return None, f"file_too_large: {size} bytes"
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer; the
+        # type is then checked on the open descriptor, so a swap after a stat cannot slip through.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, "not_a_regular_file"
+            if st.st_size > max_bytes:
+                return None, f"file_too_large: {st.st_size} bytes"
+            os.set_blocking(fd, True)
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
         return None, "missing_file"
@@ -176,11 +184,28 @@ def expand_paths(paths: str | list[str]) -> tuple[list[str], list[str]]:
         except ValueError as e:
             problems.append(f"paths: {e}")
             continue
-        found = sorted(glob.glob(p)) if glob.has_magic(p) else ([p] if os.path.isfile(p) else [])
+        found = (
+            sorted(glob.glob(p))
+            if glob.has_magic(p)
+            else ([p] if os.path.isfile(p) or _is_special(p) else [])
+        )
         if not found:
             problems.append(f"paths: {pat!r} matches no file")
+        special = [f for f in found if _is_special(f)]
+        if special:  # opening a FIFO would block the run forever; a device may never end
+            problems.append(f"paths: {pat!r}: not_a_regular_file: {', '.join(special)}")
+            found = [f for f in found if f not in special]
         out.extend(f for f in found if f not in out)
     return out, problems
+
+
+def _is_special(path: str) -> bool:
+    """True for a FIFO, device or socket (symlinks followed); False for files, folders, missing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_paths(problems: list[str], paths: Any) -> bool:
