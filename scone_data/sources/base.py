@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -93,21 +94,63 @@ def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
         return None, "missing_file"
-    except OSError as e:
-        return None, f"unreadable_file: {type(e).__name__}: {e}"[:MAX_DETAIL_CHARS]
+    except (OSError, ValueError) as e:  # ValueError: a NUL or lone surrogate in a json file_name
+        return None, safe_text(f"unreadable_file: {type(e).__name__}: {e}"[:MAX_DETAIL_CHARS])
     if len(data) > max_bytes:  # grew while we read it
         return None, f"file_too_large: >{max_bytes} bytes"
     return data, ""
 
 
+def safe_text(s: str) -> str:
+    """``s`` as text that encodes to UTF-8: lone surrogates (undecodable name bytes, ``\\udXXX``
+    json escapes) become backslash escapes. Records, parquet and json refuse them otherwise."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape" if _only_escaped(s) else "backslashreplace").decode(
+            "utf-8", "backslashreplace"
+        )
+    return s
+
+
+def _only_escaped(s: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in s)
+
+
+def name_text(name: str) -> str:
+    """A file or member name (undecodable bytes kept as surrogateescape, as ``os`` and ``tarfile``
+    give them) -> valid UTF-8 text that :func:`name_from_text` maps back: such bytes become
+    ``\\xNN`` and a literal backslash ``\\\\``. A name without either is itself."""
+    if "\\" not in name and safe_text(name) is name:
+        return name
+    if not _only_escaped(name):  # not from the OS: no bytes to keep
+        return safe_text(name)
+    return os.fsencode(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_NAME_ESCAPE = re.compile(rb"\\\\|\\x([0-9a-f]{2})")
+
+
+def name_from_text(text: str) -> str:
+    """The OS name :func:`name_text` made ``text`` from."""
+    if "\\" not in text:
+        return text
+    raw = _NAME_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]) if m[1] else b"\\", text.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
 def make_row(uri: str, source: str, **values: Any) -> dict[str, Any]:
-    """One row with every column of :data:`COLUMNS` (missing ones ``None``; status ok)."""
+    """One row with every column of :data:`COLUMNS` (missing ones ``None``; status ok). Text
+    values are made valid UTF-8 (:func:`safe_text`) so a hostile name never breaks a write."""
     unknown = set(values) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown row columns: {sorted(unknown)}")
     row = dict.fromkeys(COLUMNS)
     row.update(uri=uri, source=source, status=OK, reason="")
     row.update(values)
+    for k, v in row.items():
+        if isinstance(v, str):
+            row[k] = safe_text(v)
     return row
 
 

@@ -14,7 +14,9 @@ position in the json's ``images`` list.
 
 Image row reject reasons (beside those of :mod:`scone_data.sources.base`):
 
-- ``bad_image_entry: <detail>``: not a dict, or no usable ``id`` / ``file_name``.
+- ``bad_image_entry: <detail>``: not a dict, or no usable ``id`` / ``file_name`` (a ``file_name``
+  with a NUL or a lone ``\\ud800``-style escape names no file; ``\\udc80``-``\\udcff`` escapes are
+  the bytes of a non-UTF-8 name, which is read, its ``uri`` spelt with ``\\xNN``).
 - ``duplicate_image_id: <detail>``: the id was used by an earlier entry (that one is kept).
 - ``bad_ref``: a ref that is not ``images[<i>]`` of this json.
 
@@ -45,9 +47,11 @@ from scone_data.sources.base import (
     check_positive_int,
     is_within,
     make_row,
+    name_text,
     read_file_capped,
     rejected_row,
     resolve_path,
+    safe_text,
     to_batch,
 )
 
@@ -134,7 +138,7 @@ class CocoSource(Source):
             iid = im.get("id") if isinstance(im, dict) else None
             if _usable_id(iid) and iid not in first_of:
                 first_of[iid] = i
-        cats = {c["id"]: c["name"] for c in doc.get("categories", []) if _is_cat(c)}
+        cats = {c["id"]: safe_text(c["name"]) for c in doc.get("categories", []) if _is_cat(c)}
         licenses = {}
         for lic in doc.get("licenses", []):
             if isinstance(lic, dict) and _usable_id(lic.get("id")):
@@ -224,6 +228,13 @@ class CocoSource(Source):
             return rejected_row(where, self.name, reason, image_id=image_id)
         if not isinstance(fname, str) or not fname:
             return rejected_row(where, self.name, f"bad_image_entry: file_name {fname!r}", image_id=image_id)
+        try:
+            os.fsencode(fname)  # a json "\\ud800" escape has no bytes on disk; NUL ends a C string
+            ok = "\x00" not in fname
+        except UnicodeEncodeError:
+            ok = False
+        if not ok:
+            return rejected_row(where, self.name, f"bad_image_entry: file_name {fname!r}", image_id=image_id)
         if fname.startswith(PKG_SCHEME):
             try:
                 path = resolve_path(fname)
@@ -233,13 +244,14 @@ class CocoSource(Source):
             root = self._root
             path = os.path.normpath(os.path.join(root, fname))
             if not is_within(path, root):
-                return rejected_row(path, self.name, "path_outside_root", image_id=image_id)
+                return rejected_row(name_text(path), self.name, "path_outside_root", image_id=image_id)
         license_ = idx.licenses.get(im.get("license")) if _usable_id(im.get("license")) else None
         meta = {"image_id": image_id, "caption": idx.captions.get(iid) or None, "license": license_}
         data, reason = read_file_capped(path, self.max_file_bytes)
+        uri = name_text(path)  # json "\\udcXX" escapes name non-UTF-8 files: kept, spelt as \\xXX
         if data is None:
-            return rejected_row(path, self.name, reason, **meta)
-        return make_row(path, self.name, image_bytes=data, annotations=list(idx.anns.get(iid, [])), **meta)
+            return rejected_row(uri, self.name, reason, **meta)
+        return make_row(uri, self.name, image_bytes=data, annotations=list(idx.anns.get(iid, [])), **meta)
 
 
 def _usable_id(v: Any) -> bool:

@@ -6,6 +6,8 @@ are those with the extensions in :data:`IMAGE_EXTENSIONS` (any case); their byte
 content later, so a PNG named ``.jpg`` is fine. A ``.txt`` file with the same stem beside an image
 is that image's caption and gets no row of its own. Refs are paths relative to ``root`` (POSIX
 separators), sorted. ``uri`` is the absolute path; ``image_id`` is left ``None`` (content hash).
+Names that are not valid UTF-8 are kept: refs and ``uri`` spell them with ``\\xNN`` escapes (and
+``\\\\`` for a backslash), see :func:`scone_data.sources.base.name_text`.
 
 Symlinks: a file symlink is read when its target lies inside ``root``; symlinked folders are not
 descended (that could loop or list files twice) but get a reject row.
@@ -31,6 +33,8 @@ from scone_data.sources.base import (
     decode_text,
     is_within,
     make_row,
+    name_from_text,
+    name_text,
     read_file_capped,
     rejected_row,
     resolve_path,
@@ -99,7 +103,7 @@ class FolderSource(Source):
                 if _ext(f) == CAPTION_EXTENSION and os.path.splitext(f)[0] in image_stems:
                     continue  # a caption sidecar, read with its image
                 refs.append(rel_dir + f)
-        return sorted(refs)
+        return sorted(name_text(r) for r in refs)
 
     def read(self, refs: list[str]) -> dict[str, list]:
         root = self._root
@@ -107,8 +111,8 @@ class FolderSource(Source):
         return to_batch([self._read_one(root, ref, sidecars) for ref in refs])
 
     def _read_one(self, root: str, ref: str, sidecars: dict[str, dict[str, str]]) -> dict:
-        path = os.path.join(root, *ref.split("/"))
-        uri = path
+        path = os.path.join(root, *name_from_text(ref).split("/"))
+        uri = name_text(path)
         if os.path.isabs(ref) or ".." in ref.split("/"):
             return rejected_row(uri, self.name, "path_outside_root")
         if os.path.islink(path):

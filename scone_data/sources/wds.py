@@ -10,7 +10,8 @@ order); ``txt`` or ``caption`` is its caption; a ``json`` object may carry ``cap
 there is no text member), ``group_id`` and ``license``. ``image_id`` is left ``None`` (content
 hash): keys are only unique within one shard. Refs and ``uri``: ``<tar>#<key>``; two refs are
 special: ``<tar>#!unreadable`` (the tar cannot be opened) and ``<tar>#!truncated`` (the tar ends
-inside a header, so the rest of it is lost).
+inside a header, so the rest of it is lost). Member names that are not valid UTF-8 are kept, spelt
+with ``\\xNN`` escapes (see :func:`scone_data.sources.base.name_text`).
 
 Reject reasons (beside ``missing_file`` of :mod:`scone_data.sources.base`), on the whole sample:
 
@@ -43,6 +44,7 @@ from scone_data.sources.base import (
     decode_text,
     expand_paths,
     make_row,
+    name_text,
     rejected_row,
     to_batch,
 )
@@ -94,19 +96,20 @@ def _scan(path: str, max_member_bytes: int) -> _Scan:
             break
         if m.isdir():
             continue  # folders carry no data
-        key, ext = base_plus_ext(m.name)
-        key, ext = (m.name, "") if key is None else (key, ext.lower())
+        name = name_text(m.name)  # tarfile keeps undecodable bytes as surrogates; refs must be UTF-8
+        key, ext = base_plus_ext(name)
+        key, ext = (name, "") if key is None else (key, ext.lower())
         sample = s.samples.setdefault(key, {})
-        if m.name.startswith("/") or ".." in m.name.split("/"):
-            s.flag(key, f"unsafe_path: {m.name}")
+        if name.startswith("/") or ".." in name.split("/"):
+            s.flag(key, f"unsafe_path: {name}")
         elif m.issym() or m.islnk():
-            s.flag(key, f"link_member: {m.name}")
+            s.flag(key, f"link_member: {name}")
         elif not m.isfile():
-            s.flag(key, f"special_member: {m.name}")
+            s.flag(key, f"special_member: {name}")
         elif m.size > max_member_bytes:
-            s.flag(key, f"member_too_large: {m.name} ({m.size} bytes)")
+            s.flag(key, f"member_too_large: {name} ({m.size} bytes)")
         elif ext in sample:
-            s.flag(key, f"duplicate_member: {m.name}")
+            s.flag(key, f"duplicate_member: {name}")
         elif not compressed and m.offset_data + m.size > size:
             s.flag(key, "truncated_tar")
             any_member_cut = True

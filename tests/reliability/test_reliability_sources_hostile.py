@@ -4,6 +4,7 @@ error naming it), never a hang, a crash, or a record that cannot be written as U
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import threading
@@ -72,3 +73,64 @@ def test_hostile_fifo_matched_by_a_tar_glob_is_a_settings_error(tmp_path):
     src = make_source(cfg, check=False)
     refs = _in_thread(src.list_refs)
     assert refs == [f"{good}#000"]
+
+
+def _assert_writable(rows: list[dict]) -> None:
+    """Every text value (labels included) is valid UTF-8, and the rows make an arrow table."""
+    import pyarrow as pa
+
+    for r in rows:
+        json.dumps({k: v for k, v in r.items() if k != "image_bytes"}, ensure_ascii=False).encode("utf-8")
+    pa.Table.from_pylist([{k: r[k] for k in ("uri", "reason", "caption", "license")} for r in rows])
+
+
+def test_hostile_non_utf8_names_are_kept_and_written_as_utf8(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    bad = os.fsdecode(b"caf\xe9 \\ photo.png")  # latin-1 bytes, and a backslash
+    (root / bad).write_bytes(_png())
+    (root / os.fsdecode(b"caf\xe9 \\ photo.txt")).write_bytes(b"a caption")
+    (root / "plain.png").write_bytes(_png(seed=2))
+    src = FolderSource(name="photos", root=str(root))
+    refs = src.list_refs()
+    assert refs == ["caf\\xe9 \\\\ photo.png", "plain.png"]
+    rows = _rows(src.read(refs))
+    _assert_writable(rows)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[0]["caption"] == "a caption"
+
+    tar = tmp_path / "s.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        for name in (os.fsdecode(b"x\xff.png"), os.fsdecode(b"..\xff/y.png")):
+            ti = tarfile.TarInfo(name)
+            data = _png()
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    wsrc = make_source({"type": "webdataset", "name": "w", "paths": str(tar)})
+    wrows = _rows(wsrc.read_all())
+    _assert_writable(wrows)
+    assert [(r["uri"], r["status"], r["reason"]) for r in wrows] == [
+        (f"{tar}#x\\xff", "ok", ""),
+        (f"{tar}#..\\xff/y", "ok", ""),
+    ]
+
+    images = tmp_path / "coco"
+    images.mkdir()
+    (images / os.fsdecode(b"\xff.png")).write_bytes(_png())
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "\udcff.png"},  # the json spelling of the byte 0xff in a name
+            {"id": 2, "file_name": "\ud800.png"},  # a lone surrogate: no file can have this name
+            {"id": 3, "file_name": "a\x00.png"},
+        ],
+        "categories": [{"id": 1, "name": "bad \ud800 label"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 20, 20]}],
+    }
+    ann = images / "ann.json"
+    ann.write_text(json.dumps(doc))  # ensure_ascii: lone surrogates become \\u escapes
+    csrc = make_source({"type": "coco", "name": "c", "annotations": str(ann)})
+    crows = _rows(csrc.read_all())
+    _assert_writable(crows)
+    json.dumps([a["label"] for r in crows for a in r["annotations"] or []]).encode("utf-8")
+    assert crows[0]["status"] == "ok" and crows[0]["uri"] == str(images / "\\xff.png")
+    assert [r["reason"].split(":")[0] for r in crows[1:]] == ["bad_image_entry"] * 2
