@@ -1,7 +1,7 @@
 """Images and their annotations from a COCO-format json.
 
 Settings: ``annotations`` (the json; ``pkg://`` allowed) and ``image_root`` (default: the json's
-folder). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
+folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
 
 Per image row: ``uri`` is the image file's path, ``image_id`` is ``<source name>-<COCO id>``
 (sanitised, so two COCO sources with overlapping ids stay distinct), ``license`` is the name (else
@@ -31,7 +31,6 @@ or ``bad_annotation``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from scone_data.sources.base import (
     check_optional_str,
     check_positive_int,
     is_within,
+    loads_json,
     make_row,
     name_text,
     read_file_capped,
@@ -120,7 +120,7 @@ class CocoSource(Source):
         if data is None:
             raise ValueError(f"{path}: {reason}")
         try:
-            doc = json.loads(data)
+            doc = loads_json(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid json ({e})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):

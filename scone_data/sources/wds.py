@@ -19,7 +19,8 @@ Reject reasons (beside ``missing_file`` of :mod:`scone_data.sources.base`), on t
 - ``link_member: <member>``: a symlink or hardlink.  ``special_member: <member>``: a device, fifo...
 - ``member_too_large: <member> (<n> bytes)``: above ``max_member_bytes``.
 - ``duplicate_member: <member>``: the same key and extension twice.
-- ``no_image``: no member with an image extension.  ``bad_json: <detail>``: json not an object.
+- ``no_image``: no member with an image extension.  ``bad_json: <detail>``: json not an object,
+  not json, or nested deeper than ``base.MAX_JSON_DEPTH``.
 - ``truncated_tar``: a member's data is cut off, or (ref ``#!truncated``) the rest of the tar.
 - ``unreadable_tar: <detail>``: not a tar.  ``bad_ref``: a key that is not in the tar.
 """
@@ -27,7 +28,6 @@ Reject reasons (beside ``missing_file`` of :mod:`scone_data.sources.base`), on t
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import zlib
@@ -43,6 +43,7 @@ from scone_data.sources.base import (
     check_positive_int,
     decode_text,
     expand_paths,
+    loads_json,
     make_row,
     name_text,
     rejected_row,
@@ -226,7 +227,7 @@ class WebDatasetSource(Source):
         meta: dict = {"caption": None, "group_id": None, "license": None}
         if "json" in texts:
             try:
-                obj = json.loads(texts["json"])
+                obj = loads_json(texts["json"])
             except (ValueError, UnicodeDecodeError) as e:
                 return rejected_row(uri, self.name, f"bad_json: {e}")
             if not isinstance(obj, dict):

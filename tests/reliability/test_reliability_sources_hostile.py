@@ -134,3 +134,23 @@ def test_hostile_non_utf8_names_are_kept_and_written_as_utf8(tmp_path):
     json.dumps([a["label"] for r in crows for a in r["annotations"] or []]).encode("utf-8")
     assert crows[0]["status"] == "ok" and crows[0]["uri"] == str(images / "\\xff.png")
     assert [r["reason"].split(":")[0] for r in crows[1:]] == ["bad_image_entry"] * 2
+
+
+def test_hostile_deep_json_is_rejected_not_a_recursion_error(tmp_path):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    tar = tmp_path / "s.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, data in (("a.png", _png()), ("a.json", b'{"caption": ' + deep + b"}"), ("b.png", _png())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    rows = _rows(make_source({"type": "webdataset", "name": "w", "paths": str(tar)}).read_all())
+    assert [r["status"] for r in rows] == ["rejected", "ok"]
+    assert rows[0]["reason"].startswith("bad_json: json nested 200001 levels deep (limit 64)")
+
+    ann = tmp_path / "ann.json"
+    ann.write_bytes(b'{"images": [], "annotations": [{"segmentation": ' + deep + b"}]}")
+    with pytest.raises(ValueError) as e:
+        make_source({"type": "coco", "name": "c", "annotations": str(ann)})
+    msg = str(e.value)
+    assert "nested 200003 levels deep (limit 64)" in msg and "\n" not in msg
