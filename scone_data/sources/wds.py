@@ -8,7 +8,8 @@ and types are checked from the headers and nothing is ever extracted to disk.
 A sample's image is its first member with extension ``jpg``, ``jpeg``, ``png``, ``webp`` (in that
 order); ``txt`` or ``caption`` is its caption; a ``json`` object may carry ``caption`` (used when
 there is no text member), ``group_id`` and ``license``. ``image_id`` is left ``None`` (content
-hash): keys are only unique within one shard. Refs and ``uri``: ``<tar>#<key>``; two refs are
+hash): keys are only unique within one shard. Refs and ``uri``: ``<tar>#<key>`` (either may hold a
+``#``; the tar is the first prefix that is a file); two refs are
 special: ``<tar>#!unreadable`` (the tar cannot be opened) and ``<tar>#!truncated`` (the tar ends
 inside a header, so the rest of it is lost). Member names that are not valid UTF-8 are kept, spelt
 with ``\\xNN`` escapes (see :func:`scone_data.sources.base.name_text`).
@@ -156,6 +157,18 @@ def _scanned(path: str, max_member_bytes: int) -> _Scan:
         return _Scan(error=f"unreadable_tar: {type(e).__name__}: {e}")
 
 
+def _split_ref(ref: str) -> tuple[str, str, str]:
+    """``<tar>#<key>`` -> ``(tar, "#", key)``; both may hold ``#`` (``shards#2/a.tar``, member
+    ``x#1.png``), so the tar is the shortest prefix before a ``#`` that is a file."""
+    if ref.count("#") > 1:
+        at = ref.find("#")
+        while at != -1:
+            if os.path.isfile(ref[:at]):
+                return ref[:at], "#", ref[at + 1 :]
+            at = ref.find("#", at + 1)
+    return ref.partition("#")  # one '#', or no such file: reported as missing
+
+
 @dataclass(kw_only=True)
 class WebDatasetSource(Source):
     """WebDataset tars; see the module docstring. ``max_member_bytes`` caps each member read."""
@@ -188,7 +201,7 @@ class WebDatasetSource(Source):
         rows: list[dict | None] = [None] * len(refs)
         by_tar: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for pos, ref in enumerate(refs):
-            path, sep, key = ref.partition("#")
+            path, sep, key = _split_ref(ref)
             if not sep:
                 rows[pos] = rejected_row(ref, self.name, "bad_ref")
             else:

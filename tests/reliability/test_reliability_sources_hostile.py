@@ -154,3 +154,20 @@ def test_hostile_deep_json_is_rejected_not_a_recursion_error(tmp_path):
         make_source({"type": "coco", "name": "c", "annotations": str(ann)})
     msg = str(e.value)
     assert "nested 200003 levels deep (limit 64)" in msg and "\n" not in msg
+
+
+def test_hostile_hash_in_tar_path_and_member_name(tmp_path):
+    folder = tmp_path / "run#2"
+    folder.mkdir()
+    tar = folder / "shard#1.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name in ("a#1.png", "b.png"):
+            data = _png()
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    src = make_source({"type": "webdataset", "name": "w", "paths": str(folder / "*.tar")})
+    rows = _rows(src.read_all())
+    assert [(r["uri"], r["status"]) for r in rows] == [(f"{tar}#a#1", "ok"), (f"{tar}#b", "ok")]
+    gone = _rows(src.read([f"{folder}/gone#x.tar#k"]))
+    assert gone[0]["reason"] == "missing_file"
