@@ -1,7 +1,8 @@
 """Images and their annotations from a COCO-format json.
 
 Settings: ``annotations`` (the json; ``pkg://`` allowed) and ``image_root`` (default: the json's
-folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
+folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error, as are two
+``categories`` with one id and different names). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
 
 Per image row: ``uri`` is the image file's path, ``image_id`` is ``<source name>-<COCO id>``
 (sanitised, so two COCO sources with overlapping ids stay distinct), ``license`` is the name (else
@@ -138,7 +139,17 @@ class CocoSource(Source):
             iid = im.get("id") if isinstance(im, dict) else None
             if _usable_id(iid) and iid not in first_of:
                 first_of[iid] = i
-        cats = {c["id"]: safe_text(c["name"]) for c in doc.get("categories", []) if _is_cat(c)}
+        cats: dict[Any, str] = {}
+        clashes = []
+        for c in doc.get("categories", []):
+            if _is_cat(c):
+                name = cats.setdefault(c["id"], safe_text(c["name"]))
+                if name != safe_text(c["name"]):
+                    clashes.append(f"{c['id']!r} ({name!r} and {safe_text(c['name'])!r})")
+        if clashes:  # which name an annotation means is unknowable: every choice relabels some
+            raise ValueError(
+                f"{self._json_path}: categories: two names for one id: {', '.join(clashes[:10])}"
+            )
         licenses = {}
         for lic in doc.get("licenses", []):
             if isinstance(lic, dict) and _usable_id(lic.get("id")):

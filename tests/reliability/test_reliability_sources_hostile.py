@@ -171,3 +171,20 @@ def test_hostile_hash_in_tar_path_and_member_name(tmp_path):
     assert [(r["uri"], r["status"]) for r in rows] == [(f"{tar}#a#1", "ok"), (f"{tar}#b", "ok")]
     gone = _rows(src.read([f"{folder}/gone#x.tar#k"]))
     assert gone[0]["reason"] == "missing_file"
+
+
+def test_hostile_coco_category_id_with_two_names_is_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 1, "name": "car"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 20, 20]}],
+    }
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"two names for one id: 1 \('cat' and 'car'\)"):
+        make_source({"type": "coco", "name": "c", "annotations": str(ann)})
+    doc["categories"][2]["name"] = "cat"  # the same category listed twice is harmless
+    ann.write_text(json.dumps(doc))
+    rows = _rows(make_source({"type": "coco", "name": "c", "annotations": str(ann)}).read_all())
+    assert [a["label"] for a in rows[0]["annotations"]] == ["cat"]
