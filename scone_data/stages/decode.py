@@ -23,6 +23,8 @@ Subject reject reasons (``subject_rejects[i]["reason"]``; the image is kept):
   (memory ~80 bytes per pixel of outline; int overflow and a crash past ~4e8) safe.
 - ``mask_size_mismatch``: an RLE whose size is not the decoded image's [h, w].
 - ``empty_mask``: the mask covers no pixel of the image.
+- ``box_mask_mismatch: <detail>``: less than ``MIN_MASK_IN_BOX`` of a polygon mask lies in the
+  given box (RLE masks are not checked yet).
 
 Why no ``max_side``: ``max_pixels`` already bounds memory and ``min_side`` rejects degenerate
 strips; a long panorama is still a valid source image.
@@ -52,6 +54,9 @@ from scone_data.stages.base import Batch, Stage, batch_len, reject
 # MAX_POLYGON_OUTLINE * (w + h) pixels: ~36 MB of rasteriser memory at 4000x3000.
 MAX_POLYGON_VERTICES = 50_000
 MAX_POLYGON_OUTLINE = 64
+# Share of a mask's pixels its given box must hold. COCO and LVIS boxes are the mask's bounds
+# (~100%, less a pixel of rounding at the border); half tolerates loosely drawn boxes.
+MIN_MASK_IN_BOX = 0.5
 
 
 @dataclass
@@ -155,6 +160,7 @@ def _one_subject(ann: Any, h: int, w: int, keep_crowd: bool) -> dict:
         raise _SubjectReject("crowd")
     rle = _mask_rle(ann.get("segmentation"), h, w)
     box = ann.get("box_xyxy")
+    given_box = box is not None
     if box is None:
         if rle is None:
             raise _SubjectReject("missing_box")
@@ -163,11 +169,26 @@ def _one_subject(ann: Any, h: int, w: int, keep_crowd: bool) -> dict:
         x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
         box = [x, y, x + bw, y + bh]
     box = _clip_box(box, h, w)
+    if rle is not None and given_box and isinstance(ann.get("segmentation"), list):
+        _check_box_holds_mask(box, rle, h, w)
     out = {"label": label.strip(), "box_xyxy": box, "det_score": 1.0, "det_source": "annotation"}
     if rle is not None:
         out["mask_rle"] = {"size": [h, w], "counts": rle_counts_str(rle)}
         out.update(mask_score=1.0, stability=1.0, mask_source="annotation")
     return out
+
+
+def _check_box_holds_mask(box: list[float], rle: dict, h: int, w: int) -> None:
+    """A given box must hold most of its mask: COCO boxes are the mask's bounds, so a box beside
+    its polygon is a broken annotation, and one of the two would put the subject on background."""
+    from pycocotools import mask as mask_utils
+
+    x0, y0, x1, y1 = box
+    box_rle = mask_utils.frPyObjects(np.array([[x0, y0, x1 - x0, y1 - y0]], np.float64), h, w)[0]
+    inside = int(mask_utils.area(mask_utils.merge([rle, box_rle], intersect=True)))
+    share = inside / int(mask_utils.area(rle))
+    if share < MIN_MASK_IN_BOX:
+        raise _SubjectReject("box_mask_mismatch", f"{share:.0%} of the mask inside the box {box}")
 
 
 def _is_number(v: Any) -> bool:

@@ -188,3 +188,27 @@ def test_hostile_coco_category_id_with_two_names_is_refused(tmp_path):
     ann.write_text(json.dumps(doc))
     rows = _rows(make_source({"type": "coco", "name": "c", "annotations": str(ann)}).read_all())
     assert [a["label"] for a in rows[0]["annotations"]] == ["cat"]
+
+
+def test_hostile_coco_box_beside_its_polygon_rejects_the_subject(tmp_path):
+    from scone_data.stages.decode import DecodeImages
+
+    (tmp_path / "a.png").write_bytes(_png(96, 96))
+    poly = [[10, 10, 40, 10, 40, 40, 10, 40]]
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 96}],
+        "categories": [{"id": 1, "name": "ball"}, {"id": 2, "name": "cup"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "segmentation": poly},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 60, 30, 30], "segmentation": poly},
+        ],
+    }
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(doc))
+    batch = DecodeImages().process(
+        make_source({"type": "coco", "name": "c", "annotations": str(ann)}).read_all()
+    )
+    assert batch["status"] == ["ok"]
+    assert [s["label"] for s in batch["subjects"][0]] == ["ball"]
+    (rej,) = batch["subject_rejects"][0]
+    assert rej["label"] == "cup" and rej["reason"] == "box_mask_mismatch"
