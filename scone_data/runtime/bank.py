@@ -149,6 +149,28 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
         raise BankDamaged([f"{name}: unreadable ({_one_line(e)})"]) from None
 
 
+def _kept_subjects(
+    recs: list[dict[str, Any]], part: str, dup_keys: set[tuple[str, str]], shared: set[str]
+) -> list[dict[str, Any]]:
+    """A subjects part's rows, less those of duplicate copies. Copies in other parts go by part
+    name; copies in the kept copy's own part (one unit) share its image id, so the kept copy's
+    rows are those before its first repeated ``subject_id`` (rows follow image order)."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, set[str]] = {}
+    ended: set[str] = set()
+    for r in recs:
+        iid = r["image_id"]
+        if (part, iid) in dup_keys or iid in ended:
+            continue
+        if iid in shared:
+            if r["subject_id"] in seen.setdefault(iid, set()):
+                ended.add(iid)
+                continue
+            seen[iid].add(r["subject_id"])
+        out.append(r)
+    return out
+
+
 class Bank:
     """The whole bank, loaded for pair planning: subjects, image records, and where each image's bytes are.
 
@@ -162,6 +184,7 @@ class Bank:
         self.image_part: dict[str, str] = {}
         self.duplicates: list[dict[str, Any]] = []
         dup_keys: set[tuple[str, str]] = set()
+        shared: set[str] = set()  # ids with a later copy in the kept copy's own part (one unit)
         problems: list[str] = []
         for part in _parts(root, "images"):
             try:
@@ -170,12 +193,16 @@ class Bank:
                 problems += e.problems
                 continue
             for rec in recs:
-                if rec["image_id"] in self.images:
+                iid = rec["image_id"]
+                if iid in self.images:
                     self.duplicates.append(rec)
-                    dup_keys.add((part.name, rec["image_id"]))
+                    if self.image_part[iid] == str(part):
+                        shared.add(iid)
+                    else:
+                        dup_keys.add((part.name, iid))
                     continue
-                self.images[rec["image_id"]] = rec
-                self.image_part[rec["image_id"]] = str(part)
+                self.images[iid] = rec
+                self.image_part[iid] = str(part)
         self.subjects: list[dict[str, Any]] = []
         for part in _parts(root, "subjects"):
             try:
@@ -183,7 +210,7 @@ class Bank:
             except BankDamaged as e:
                 problems += e.problems
                 continue
-            self.subjects += [r for r in recs if (part.name, r["image_id"]) not in dup_keys]
+            self.subjects += _kept_subjects(recs, part.name, dup_keys, shared)
         if problems:  # every unreadable part at once; reading on would plan from part of the bank
             raise BankDamaged(problems)
 

@@ -159,6 +159,13 @@ def load_config(
     srcs = cfg.get("sources")
     if not isinstance(srcs, list) or not srcs:
         problems.append("sources: a non-empty list of sources is required")
+    else:
+        # image ids (``<name>-<id>`` for COCO) and rejects are keyed by the name: two sources of
+        # one name would pass as duplicates of each other and lose one's images
+        names = [s.get("name") for s in srcs if isinstance(s, dict) and isinstance(s.get("name"), str)]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            at = [i for i, s in enumerate(srcs) if isinstance(s, dict) and s.get("name") == name]
+            problems.append(f"sources: name {name!r} is used by sources {at}; names must be unique")
     for k in ("decode", "detect", "segment", "subjects", "pairs", "shards", "runtime"):
         if cfg.get(k) is not None and not isinstance(cfg[k], dict):
             problems.append(f"{k}: must be a mapping or null")

@@ -212,3 +212,68 @@ def test_hostile_coco_box_beside_its_polygon_rejects_the_subject(tmp_path):
     assert [s["label"] for s in batch["subjects"][0]] == ["ball"]
     (rej,) = batch["subject_rejects"][0]
     assert rej["label"] == "cup" and rej["reason"] == "box_mask_mismatch"
+
+
+def test_hostile_duplicate_source_names_refused_when_the_config_is_read(tmp_path):
+    from test_reliability_support import make_toy_coco, toy_settings
+
+    from scone_data.runtime.config import ConfigError, load_config
+
+    coco = make_toy_coco(tmp_path / "toy", n=2)
+    settings = toy_settings(coco, tmp_path / "out")
+    settings["sources"] = [settings["sources"][0], dict(settings["sources"][0])]
+    with pytest.raises(ConfigError, match=r"name 'toy' is used by sources \[0, 1\]"):
+        load_config(None, base=settings)
+
+
+def _disc_coco(root, n=2):
+    """``n`` 120x160 images of 2 coloured discs each (polygons) on noise, and their COCO json."""
+    import cv2
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    colours, labels = [(220, 30, 30), (30, 60, 220)], ["ball", "plate"]
+    for i in range(n):
+        img = np.clip(rng.normal(128, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
+        for j in range(2):
+            cx, cy, r = 40 + 75 * j, 55 + 5 * i, 25
+            t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+            pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+            cv2.fillPoly(img, [np.round(pts).astype(np.int32)], colours[j])
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": j + 1, "iscrowd": 0,
+                         "bbox": [cx - r, cy - r, 2 * r, 2 * r], "segmentation": [pts.ravel().tolist()]})  # fmt: skip
+        (root / f"d{i}.png").write_bytes(encode_png(img))
+        images.append({"id": i + 1, "file_name": f"d{i}.png", "width": 160, "height": 120})
+    cats = [{"id": j + 1, "name": labels[j]} for j in range(2)]
+    (root / "coco.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root / "coco.json"
+
+
+@pytest.mark.parametrize("unit_size", [1, 3, 4])
+def test_hostile_same_photo_twice_keeps_one_copy_with_all_its_subjects(tmp_path, unit_size):
+    """The same images twice (two copies of one source: what two sources of one name produced)
+    keep one copy each with every subject, whether a copy shares a unit with its twin or not."""
+    from test_reliability_support import toy_config
+
+    from scone_data.runtime import config as C
+    from scone_data.runtime.bank import Bank
+    from scone_data.runtime.build import make_sources, make_stages, run_bank_phase
+
+    coco = _disc_coco(tmp_path / "toy")
+
+    def bank(out, copies):
+        cfg = toy_config(coco, out, runtime={"unit_size": unit_size})
+        problems: list[str] = []
+        sources, stages = make_sources(cfg, problems) * copies, make_stages(cfg, problems)
+        rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
+        assert not problems
+        out.mkdir()
+        run_bank_phase(cfg, sources, stages, rt, "test")
+        return Bank(out)
+
+    once, twice = bank(tmp_path / "once", 1), bank(tmp_path / "twice", 2)
+    assert sorted(twice.images) == sorted(once.images) and len(once.images) == 2
+    assert len(twice.duplicates) == 2
+    key = sorted((s["subject_id"], s["label"]) for s in once.subjects)
+    assert len(key) == 4 and sorted((s["subject_id"], s["label"]) for s in twice.subjects) == key
