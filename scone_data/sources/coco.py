@@ -10,7 +10,7 @@ url) of the entry in ``licenses`` the image points to, ``caption`` the first COC
 annotation (one with a ``caption`` string and no ``category_id``). ``annotations`` is a list
 (``[]`` when none) of ``{"label": category name, "box_xyxy": [x, y, x + w, y + h] (None without a
 bbox; malformed bboxes pass through raw for decode to reject), "segmentation": polygons | RLE
-(list or str counts) | None, "ann_id", "iscrowd": 0 | 1}``. Refs are ``images[<i>]``, the
+(list or str counts) | None, "ann_id", "iscrowd": 0 | 1, "image_wh"}``. Refs are ``images[<i>]``, the
 position in the json's ``images`` list.
 
 Image row reject reasons (beside those of :mod:`scone_data.sources.base`):
@@ -21,9 +21,10 @@ Image row reject reasons (beside those of :mod:`scone_data.sources.base`):
 - ``duplicate_image_id: <detail>``: the id was used by an earlier entry (that one is kept).
 - ``bad_ref``: a ref that is not ``images[<i>]`` of this json.
 
-Known limit: COCO coordinates are in the stored pixel grid, while decoding applies EXIF
-orientation; a rotated image's RLE masks are then caught as ``mask_size_mismatch`` (when h != w),
-but its boxes and polygons are not.
+COCO coordinates are in the stored pixel grid; decoding applies EXIF orientation and rotates the
+annotations with the image. Each annotation carries ``image_wh``, the entry's ``[width,
+height]`` (None when missing), which says which frame it is in (see
+:func:`scone_data.stages.decode.to_display_frame`).
 
 Annotations that attach to no image are returned by :meth:`CocoSource.orphan_annotations` as
 reject records (schemas/reject.v1.json) with reason ``unknown_image_id``, ``unknown_category``
@@ -262,7 +263,10 @@ class CocoSource(Source):
         uri = name_text(path)  # json "\\udcXX" escapes name non-UTF-8 files: kept, spelt as \\xXX
         if data is None:
             return rejected_row(uri, self.name, reason, **meta)
-        return make_row(uri, self.name, image_bytes=data, annotations=list(idx.anns.get(iid, [])), **meta)
+        wh = [im.get("width"), im.get("height")]
+        wh = wh if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in wh) else None
+        anns = [a | {"image_wh": wh} for a in idx.anns.get(iid, [])]  # the frame, for EXIF rotation
+        return make_row(uri, self.name, image_bytes=data, annotations=anns, **meta)
 
 
 def _usable_id(v: Any) -> bool:

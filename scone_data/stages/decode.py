@@ -23,6 +23,9 @@ Subject reject reasons (``subject_rejects[i]["reason"]``; the image is kept):
   (memory ~80 bytes per pixel of outline; int overflow and a crash past ~4e8) safe.
 - ``mask_size_mismatch``: an RLE whose size is not the decoded image's [h, w].
 - ``empty_mask``: the mask covers no pixel of the image.
+- ``exif_frame_mismatch: <detail>``: an EXIF-rotated image whose json ``width``/``height`` are
+  neither its stored nor its shown size, so the annotation cannot be placed (see
+  :func:`to_display_frame`: annotations in the stored grid are rotated with the image).
 - ``box_mask_mismatch: <detail>``: less than ``MIN_MASK_IN_BOX`` of a polygon mask lies in the
   given box (RLE masks are not checked yet).
 
@@ -32,6 +35,7 @@ strips; a long panorama is still a valid source image.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -111,9 +115,103 @@ class DecodeImages(Stage):
                 reject(batch, i, f"too_small: {w}x{h}")
                 continue
             batch["image"][i], batch["width"][i], batch["height"][i] = img, w, h
-            subjects, rejects = annotations_to_subjects(anns[i], h, w, keep_crowd=self.keep_crowd)
+            orientation = exif_orientation(bytes(data)) if anns[i] else 1  # a header read, no pixels
+            given, frame_rejects = to_display_frame(anns[i], orientation, h, w)
+            subjects, rejects = annotations_to_subjects(given, h, w, keep_crowd=self.keep_crowd)
+            rejects = frame_rejects + rejects
             batch["subjects"][i], batch["subject_rejects"][i] = subjects, rejects
         return batch
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of encoded image bytes; 1 when absent or unreadable (the
+    decode that just succeeded applied the same tag, so a bad one was already a reject)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            o = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - orientation unknown: the image was decoded as stored
+        return 1
+    return o if isinstance(o, int) and 1 <= o <= 8 else 1
+
+
+# EXIF orientation -> the stored pixel (x, y) of a W0 x H0 image in the displayed frame, for
+# continuous coordinates; the same as PIL's exif_transpose does to the pixels.
+_POINT = {
+    2: lambda x, y, W, H: (W - x, y),
+    3: lambda x, y, W, H: (W - x, H - y),
+    4: lambda x, y, W, H: (x, H - y),
+    5: lambda x, y, W, H: (y, x),
+    6: lambda x, y, W, H: (H - y, x),
+    7: lambda x, y, W, H: (H - y, W - x),
+    8: lambda x, y, W, H: (y, W - x),
+}
+_MASK = {
+    2: lambda m: m[:, ::-1],
+    3: lambda m: m[::-1, ::-1],
+    4: lambda m: m[::-1, :],
+    5: lambda m: m.T,
+    6: lambda m: np.rot90(m, -1),
+    7: lambda m: m[::-1, ::-1].T,
+    8: lambda m: np.rot90(m, 1),
+}
+
+
+def to_display_frame(annotations: Any, orientation: int, h: int, w: int) -> tuple[Any, list]:
+    """Annotations given in the stored pixel grid -> the displayed (EXIF-rotated, ``h`` x ``w``)
+    one, as ``(annotations, subject_rejects)``.
+
+    An annotation's ``image_wh`` (the COCO json's ``[width, height]``) says its frame: the stored
+    one (or absent: COCO's convention) is transformed, the displayed one is kept, and one matching
+    neither is rejected (``exif_frame_mismatch``: its coordinates cannot be placed). Malformed
+    boxes and masks pass through untouched for :func:`annotations_to_subjects` to reject."""
+    if orientation == 1 or not isinstance(annotations, list):
+        return annotations, []
+    W0, H0 = (w, h) if orientation <= 4 else (h, w)
+    out, rejects = [], []
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            out.append(ann)
+            continue
+        frame = ann.get("image_wh")
+        if frame is None or list(frame) == [W0, H0]:
+            out.append(_transform(ann, orientation, W0, H0))
+        elif list(frame) == [w, h]:
+            out.append(ann)
+        else:
+            label = ann.get("label")
+            rejects.append({"label": label if isinstance(label, str) else "", "reason": "exif_frame_mismatch",
+                            "detail": f"json {list(frame)}, image {W0}x{H0} stored, {w}x{h} shown"})  # fmt: skip
+    return out, rejects
+
+
+def _transform(ann: dict, o: int, W0: int, H0: int) -> dict:
+    point = _POINT[o]
+    ann = dict(ann)
+    box = ann.get("box_xyxy")
+    if isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box):
+        (ax, ay), (bx, by) = point(box[0], box[1], W0, H0), point(box[2], box[3], W0, H0)
+        ann["box_xyxy"] = [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+    seg = ann.get("segmentation")
+    if isinstance(seg, list) and seg:
+        polys = [seg] if all(_is_number(v) for v in seg) else seg
+        if all(
+            isinstance(p, (list, tuple)) and len(p) % 2 == 0 and all(_is_number(v) for v in p) for p in polys
+        ):
+            ann["segmentation"] = [
+                [c for k in range(0, len(p), 2) for c in point(p[k], p[k + 1], W0, H0)] for p in polys
+            ]
+    elif isinstance(seg, dict):
+        try:
+            rle = _rle_at_size(seg, H0, W0)
+        except _SubjectReject:
+            return ann  # rejected as it is, with its own reason
+        from pycocotools import mask as mask_utils
+
+        m = np.asfortranarray(_MASK[o](mask_utils.decode(rle)))
+        ann["segmentation"] = {"size": list(m.shape), "counts": rle_counts_str(mask_utils.encode(m))}
+    return ann
 
 
 class _SubjectReject(Exception):

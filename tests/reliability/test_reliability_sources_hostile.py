@@ -277,3 +277,66 @@ def test_hostile_same_photo_twice_keeps_one_copy_with_all_its_subjects(tmp_path,
     assert len(twice.duplicates) == 2
     key = sorted((s["subject_id"], s["label"]) for s in once.subjects)
     assert len(key) == 4 and sorted((s["subject_id"], s["label"]) for s in twice.subjects) == key
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_hostile_exif_rotated_coco_photo_gets_its_annotations_rotated(tmp_path, orientation):
+    """A red square drawn in the stored pixels, annotated there (box, polygon, RLE): after decoding
+    with EXIF orientation applied, every subject must sit on the red square, not on background."""
+    from PIL import Image
+
+    from scone_data.imageio import mask_to_rle
+    from scone_data.stages.decode import DecodeImages
+
+    W0, H0 = 96, 64
+    img = np.full((H0, W0, 3), 90, np.uint8)
+    img[8:28, 10:40] = (230, 20, 20)  # red, in the stored grid: x 10-40, y 8-28
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", exif=exif)
+    (tmp_path / "r.png").write_bytes(buf.getvalue())
+    (tmp_path / "wrong.png").write_bytes(buf.getvalue())
+    m = np.zeros((H0, W0), bool)
+    m[8:28, 10:40] = True
+    rle = mask_to_rle(m)
+    poly = [10, 8, 40, 8, 40, 28, 10, 28]
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "r.png", "width": W0, "height": H0},
+            {"id": 2, "file_name": "wrong.png", "width": 50, "height": 50},  # neither frame
+        ],
+        "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "poly"}, {"id": 3, "name": "rle"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 8, 30, 20]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [10, 8, 30, 20], "segmentation": [poly]},
+            {
+                "id": 3,
+                "image_id": 1,
+                "category_id": 3,
+                "segmentation": {"size": [H0, W0], "counts": rle["counts"]},
+            },
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [10, 8, 30, 20]},
+        ],
+    }
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(doc))
+    batch = DecodeImages().process(
+        make_source({"type": "coco", "name": "c", "annotations": str(ann)}).read_all()
+    )
+    assert batch["status"] == ["ok", "ok"]
+    shown = batch["image"][0]
+    red = (shown[..., 0] > 200) & (shown[..., 1] < 60)
+    ys, xs = np.nonzero(red)
+    red_box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    subjects = {s["label"]: s for s in batch["subjects"][0]}
+    assert sorted(subjects) == ["box", "poly", "rle"] and batch["subject_rejects"][0] == []
+    for s in subjects.values():
+        assert s["box_xyxy"] == pytest.approx(red_box, abs=1)
+        if "mask_rle" in s:
+            from scone_data.imageio import rle_to_mask
+
+            mask = rle_to_mask(s["mask_rle"])
+            assert mask.shape == red.shape and (mask & red).sum() / red.sum() > 0.9
+    assert batch["subjects"][1] == []
+    assert [r["reason"] for r in batch["subject_rejects"][1]] == ["exif_frame_mismatch"]
