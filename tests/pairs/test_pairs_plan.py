@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from scone_data.pairs import TASKS, PairConfig, plan_samples
 from scone_data.pairs.bank import split_of
-from scone_data.pairs.expressions import POS_MARGIN_FRAC, SIZE_RATIO
+from scone_data.pairs.expressions import COLOR_DOMINANT, COLOR_OTHER_MAX, POS_MARGIN_FRAC, SIZE_RATIO
 
 KEY_OK = __import__("re").compile(r"^[A-Za-z0-9_-]+$")
 
@@ -88,7 +88,8 @@ def _check_expression_independently(ref, target):
     elif kind == ("size", "smallest"):
         assert all(target.area * SIZE_RATIO <= o.area for o in same)
     elif kind[0] == "color":
-        assert all(o.color != target.color for o in same)
+        share = lambda c: dict(c.colors).get(kind[1], 0.0)  # noqa: E731
+        assert share(target) >= COLOR_DOMINANT and all(share(o) < COLOR_OTHER_MAX for o in same)
 
 
 def test_split_by_image_without_leakage():

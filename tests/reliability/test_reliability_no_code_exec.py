@@ -107,7 +107,7 @@ def test_yaml_python_tags_are_refused(tmp_path, payload):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(cfg)
     assert main(["build", str(cfg), "runtime.executor=local"]) == 2  # the CLI's settings-error code
-    with pytest.raises(ConfigError, match="not a valid YAML value"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(None, [f"seed={bad}"], base={"output": "x", "sources": [{}]})
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
@@ -127,7 +127,17 @@ def test_shards_hold_only_json_and_jpeg(tmp_path):
 
 # -- static check ------------------------------------------------------------------------------
 _PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
-_SAFE_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
+# StrictLoader: scone_data.runtime.overrides' SafeLoader subclass (refuses duplicate keys); a test below
+# checks that it stays one
+_SAFE_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader", "StrictLoader"}
+
+
+def test_strict_loader_is_a_safe_loader():
+    import yaml
+
+    from scone_data.runtime.overrides import StrictLoader
+
+    assert issubclass(StrictLoader, yaml.SafeLoader)
 
 
 def _dotted(node: ast.AST) -> str:

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from scone_data.imageio import encode_png
@@ -26,8 +27,11 @@ PRELOAD = ["scone_data.runtime.build", "scone_data.runtime.executor", "scone_dat
            "pyarrow.parquet", "pandas", "jsonschema", "PIL.Image", "pycocotools.mask", "webdataset"]  # fmt: skip
 
 
-def _poly_rect(x0, y0, x1, y1):
-    return [x0, y0, x1, y0, x1, y1, x0, y1]
+def _poly_oval(x0, y0, x1, y1, n: int = 16):
+    """An n-gon inscribed in the box: a shape, not a rectangle (the subjects stage refuses rectangles)."""
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return [round(float(v), 1) for xy in zip(cx + rx * np.cos(t), cy + ry * np.sin(t)) for v in xy]
 
 
 def make_toy_coco(root: Path, n: int = TOY_IMAGES, seed: int = 0) -> Path:
@@ -45,11 +49,12 @@ def make_toy_coco(root: Path, n: int = TOY_IMAGES, seed: int = 0) -> Path:
             y0 = 15 + int(rng.integers(0, 30))
             x1, y1 = x0 + 34 + int(rng.integers(0, 8)), y0 + 40 + int(rng.integers(0, 20))
             colour = COLOURS[(i + j) % len(COLOURS)]
-            img[y0:y1, x0:x1] = colour
+            pts = np.array(_poly_oval(x0, y0, x1, y1)).reshape(-1, 2)
+            cv2.fillPoly(img, [np.round(pts).astype(np.int32)], colour)
             label = LABELS[0] if j < 2 and i % 4 == 0 else LABELS[(i + j) % len(LABELS)]
             anns.append(
                 {"id": len(anns) + 1, "image_id": i + 1, "category_id": LABELS.index(label) + 1,
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": [_poly_rect(x0, y0, x1, y1)],
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": [_poly_oval(x0, y0, x1, y1)],
                  "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
             )  # fmt: skip
         (root / f"toy{i:02d}.png").write_bytes(encode_png(img))
