@@ -159,16 +159,29 @@ def test_a_mask_in_pieces_is_rejected():
 
 def test_a_pixel_in_two_masks_belongs_to_the_smaller_one():
     person = _disc(80, 70, 45)
-    hat = _disc(80, 30, 12) & person  # the person's mask covers the hat too
-    kept, dropped = _filter([_subject("person", person), _subject("hat", hat)])
+    cup = _disc(80, 30, 12) & person  # the person's mask covers the cup held up too
+    kept, dropped = _filter([_subject("person", person), _subject("cup", cup)])
     assert dropped == []
     by = {s["label"]: s for s in kept}
-    pm, hm = rle_to_mask(by["person"]["mask_rle"]), rle_to_mask(by["hat"]["mask_rle"])
-    assert not (pm & hm).any() and (pm | hm).sum() == person.sum()  # the person lost exactly the hat
+    pm, hm = rle_to_mask(by["person"]["mask_rle"]), rle_to_mask(by["cup"]["mask_rle"])
+    assert not (pm & hm).any() and (pm | hm).sum() == person.sum()  # the person lost exactly the cup
     assert by["person"]["area_frac"] == pm.sum() / (H * W)
     ys = np.nonzero(pm.any(1))[0]
     assert by["person"]["box_xyxy"][1] == ys.min() > 25  # its box follows its mask
-    assert by["hat"]["box_xyxy"] == _subject("hat", hat)["box_xyxy"]  # an untouched mask keeps its box
+    assert by["cup"]["box_xyxy"] == _subject("cup", cup)["box_xyxy"]  # an untouched mask keeps its box
+
+
+def test_parts_and_worn_things_stay_in_their_owners_mask():
+    """A cat's cut-out keeps its eyes and a person their hat (the demo's cat had white eye holes)."""
+    cat = _disc(80, 70, 45)
+    eye = _disc(65, 60, 6) & cat
+    hat = _disc(80, 30, 12) & cat
+    kept, dropped = _filter([_subject("cat", cat), _subject("eye", eye), _subject("hat", hat)])
+    assert dropped == []
+    by = {s["label"]: rle_to_mask(s["mask_rle"]) for s in kept}
+    assert (
+        np.array_equal(by["cat"], cat) and np.array_equal(by["eye"], eye) and np.array_equal(by["hat"], hat)
+    )
 
 
 def test_a_mask_bleeding_into_a_neighbour_gives_the_pixels_back_or_is_rejected():
