@@ -52,14 +52,34 @@ def _path(err) -> str:
     return out or "<record>"
 
 
+@cache
+def _fast(name: str):
+    """A compiled check of schema ``name`` (fastjsonschema), or None when it cannot compile it.
+
+    Our schemas use only keywords whose meaning is the same in draft-07, which fastjsonschema
+    implements, and in 2020-12 (type, properties, required, additionalProperties, items, min/max,
+    minItems/maxItems, minLength, enum, const, pattern); tests check both validators agree."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    schema = {k: v for k, v in json_schema(name).items() if k not in ("$schema", "$id")}
+    return fastjsonschema.compile(schema)
+
+
 def validate(name: str, record: dict[str, Any]) -> None:
     """Raise :class:`SchemaError` listing every violation of ``record`` against schema ``name``."""
-    v = _validator(name)
-    # is_valid is ~6x cheaper than collecting errors (measured on rendered sample records: 0.8 vs 4.5 ms)
-    # and nearly every record is valid: errors are only collected for the message
-    if v.is_valid(record):
-        return
-    errors = sorted(v.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
+    # Every shard write validates its record: the compiled check costs ~0.1 ms where jsonschema costs
+    # ~3-4 ms on a rendered sample (most of our overhead over a plain webdataset loop). jsonschema stays
+    # the authority: it decides, and words the errors, whenever the fast check objects.
+    fast = _fast(name)
+    if fast is not None:
+        try:
+            fast(record)
+            return
+        except Exception:  # noqa: BLE001 - any objection goes to jsonschema
+            pass
+    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"{_path(e)}: {e.message}" for e in errors[:20]]
         raise SchemaError(f"invalid {name} record: " + "; ".join(lines))

@@ -88,3 +88,49 @@ def test_reject_label_and_box_are_optional():
     t = schemas.to_table("reject", [rec])
     assert t.schema.field("box_xyxy").type == pa.list_(pa.float64())
     assert schemas.from_table("reject", t)[0]["box_xyxy"] is None
+
+
+def test_fast_check_agrees_with_jsonschema_on_valid_and_broken_records():
+    """The compiled check decides alone when it accepts: it must never accept what jsonschema rejects."""
+    import copy
+
+    import fastjsonschema
+
+    fast = schemas._fast("sample")
+    assert fast is not None
+    rec, _ = make_sample("k9", n_refs=2)
+    rec["references"][0]["candidates"][0].update(area=12.0, colors=[{"name": "red", "share": 0.8}])
+    rec["references"][0]["copy_paste"] = 0.4
+    rec["target"]["crop_box"] = [0, 0, 10, 10]
+    breakages = [
+        lambda r: r.update(task="bogus"),
+        lambda r: r.update(schema_version=2),
+        lambda r: r.update(key="bad key!"),
+        lambda r: r.update(extra=1),
+        lambda r: r.pop("instruction"),
+        lambda r: r.update(instruction=""),
+        lambda r: r["references"][0].update(kind="photo"),
+        lambda r: r["references"][0]["candidates"][0].update(box_xyxy=[1, 2, 3]),
+        lambda r: r["references"][0]["candidates"][0].update(intended="yes"),
+        lambda r: r["references"][0]["candidates"][0].update(area=-1),
+        lambda r: r["references"][0]["candidates"][0].update(colors=[{"name": "red", "share": 2}]),
+        lambda r: r["references"][0]["candidates"][0].update(colors=[{"name": "red"}]),
+        lambda r: r["references"][0].update(copy_paste=None),
+        lambda r: r["references"][0].update(copy_paste=1.5),
+        lambda r: r["references"][0].update(width=0),
+        lambda r: r["references"][0].update(member="ref0.png"),
+        lambda r: r["target"].update(crop_box=[0, 0, 10]),
+        lambda r: r["target"].update(crop_box=None),
+        lambda r: r["target"].update(width=1.5),
+        lambda r: r.update(references=[]),
+    ]
+    schemas.validate("sample", rec)
+    fast(rec)
+    for i, brk in enumerate(breakages):
+        bad = copy.deepcopy(rec)
+        brk(bad)
+        assert not schemas._validator("sample").is_valid(bad), i
+        with pytest.raises(fastjsonschema.JsonSchemaException):
+            fast(bad)
+        with pytest.raises(schemas.SchemaError):
+            schemas.validate("sample", bad)
