@@ -97,3 +97,25 @@ def reader_files(out: Path) -> dict[str, bytes]:
         and not p.name.startswith(".tmp-")
         and (p.parts[len(out.parts)] in ("shards", "bank") or p.name == "rejects.parquet")
     }
+
+
+def build_demo(repo_root: Path, out: Path) -> dict:
+    """``pipelines/demo.yaml`` built in this process into ``out``; returns its manifest."""
+    from scone_data.runtime.build import build
+    from scone_data.runtime.config import load_config
+
+    over = [f"output={out}", "runtime.executor=local", "runtime.progress=false"]
+    return build(load_config(repo_root / "pipelines/demo.yaml", over))
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]], **open_kw) -> Path:
+    """A tar of regular-file ``(name, data)`` members, in order (``open_kw``: e.g. ``format``)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", **open_kw) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path

@@ -5,21 +5,16 @@ import json
 import shutil
 
 import pytest
+from tests_helpers import build_demo
 
 from scone_data.cli import main
 from scone_data.runtime.bank import Bank, check_bank
-from scone_data.runtime.build import build
-from scone_data.runtime.config import load_config
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("bank") / "out"
-    cfg = load_config(
-        repo_root / "pipelines/demo.yaml",
-        [f"output={out}", "runtime.executor=local", "runtime.progress=false"],
-    )
-    return out, build(cfg)
+    return out, build_demo(repo_root, out)
 
 
 @pytest.fixture

@@ -7,21 +7,16 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests_helpers import build_demo
 
 from scone_data.cli import main
-from scone_data.runtime.build import build
-from scone_data.runtime.config import load_config
 from scone_data.shards.validate import validate_output
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("built") / "out"
-    cfg = load_config(
-        repo_root / "pipelines/demo.yaml",
-        [f"output={out}", "runtime.executor=local", "runtime.progress=false"],
-    )
-    build(cfg)
+    build_demo(repo_root, out)
     assert validate_output(out) == []
     return out
 
@@ -46,6 +41,11 @@ def _edit_index(out, column, fn):
     vals[0] = fn(vals[0])
     t = t.set_column(t.schema.get_field_index(column), t.schema.field(column), pa.array(vals))
     pq.write_table(t, p)
+
+
+def _write(rel, data):
+    """An edit that overwrites the file ``rel`` of the output with ``data``."""
+    return lambda o: (o / rel).write_bytes(data)
 
 
 def _other_task(task):
@@ -88,13 +88,13 @@ EDITS = {
         lambda o: shutil.copy(o / "shards/train-00000.parquet", o / "shards/extra.parquet"),
         "shards/extra.parquet: a file the output does not account for",
     ),
-    "stray_txt": (lambda o: (o / "notes.txt").write_text("hi"), "notes.txt: a file the output"),
+    "stray_txt": (_write("notes.txt", b"hi"), "notes.txt: a file the output"),
     "stray_bank_file": (
-        lambda o: (o / "bank/images/part-7.parquet").write_bytes(b"x"),
+        _write("bank/images/part-7.parquet", b"x"),
         "bank/images/part-7.parquet: not a part",
     ),
     "garbage_rejects": (
-        lambda o: (o / "rejects.parquet").write_bytes(b"garbage"),
+        _write("rejects.parquet", b"garbage"),
         "rejects.parquet is unreadable",
     ),
     "wrong_table_as_rejects": (
@@ -107,19 +107,19 @@ EDITS = {
         "bank/subjects/part-00001.parquet: missing",
     ),
     "garbage_bank_part": (
-        lambda o: (o / "bank/images/part-00000.parquet").write_bytes(b"\x00" * 64),
+        _write("bank/images/part-00000.parquet", b"\x00" * 64),
         "bank/images/part-00000.parquet: unreadable",
     ),
     "garbage_index": (
-        lambda o: (o / "shards/train-00000.parquet").write_bytes(b"not parquet"),
+        _write("shards/train-00000.parquet", b"not parquet"),
         "index train-00000.parquet is unreadable",
     ),
     "garbage_stats": (
-        lambda o: (o / "shards/train-00000.stats.json").write_bytes(b"\xff\xfe{"),
+        _write("shards/train-00000.stats.json", b"\xff\xfe{"),
         "stats train-00000.stats.json is unreadable",
     ),
     "stats_not_an_object": (
-        lambda o: (o / "shards/train-00000.stats.json").write_text("[1, 2]"),
+        _write("shards/train-00000.stats.json", b"[1, 2]"),
         "not a json object",
     ),
 }
