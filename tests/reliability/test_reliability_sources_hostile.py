@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+from tests_helpers import write_tar
 
 from scone_data.imageio import encode_png
 from scone_data.sources import make_source
@@ -60,12 +61,7 @@ def test_hostile_fifo_in_folder_is_rejected_not_waited_on(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_hostile_fifo_matched_by_a_tar_glob_is_a_settings_error(tmp_path):
-    good = tmp_path / "a.tar"
-    with tarfile.open(good, "w") as tf:
-        ti = tarfile.TarInfo("000.png")
-        data = _png()
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
+    good = write_tar(tmp_path / "a.tar", [("000.png", _png())])
     os.mkfifo(tmp_path / "b.tar")
     cfg = {"type": "webdataset", "name": "shards", "paths": str(tmp_path / "*.tar")}
     with pytest.raises(ValueError, match="not_a_regular_file"):
@@ -99,13 +95,8 @@ def test_hostile_non_utf8_names_are_kept_and_written_as_utf8(tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert rows[0]["caption"] == "a caption"
 
-    tar = tmp_path / "s.tar"
-    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
-        for name in (os.fsdecode(b"x\xff.png"), os.fsdecode(b"..\xff/y.png")):
-            ti = tarfile.TarInfo(name)
-            data = _png()
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
+    names = (os.fsdecode(b"x\xff.png"), os.fsdecode(b"..\xff/y.png"))
+    tar = write_tar(tmp_path / "s.tar", [(n, _png()) for n in names], format=tarfile.GNU_FORMAT)
     wsrc = make_source({"type": "webdataset", "name": "w", "paths": str(tar)})
     wrows = _rows(wsrc.read_all())
     _assert_writable(wrows)
@@ -138,12 +129,9 @@ def test_hostile_non_utf8_names_are_kept_and_written_as_utf8(tmp_path):
 
 def test_hostile_deep_json_is_rejected_not_a_recursion_error(tmp_path):
     deep = b"[" * 200_000 + b"]" * 200_000
-    tar = tmp_path / "s.tar"
-    with tarfile.open(tar, "w") as tf:
-        for name, data in (("a.png", _png()), ("a.json", b'{"caption": ' + deep + b"}"), ("b.png", _png())):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
+    tar = write_tar(
+        tmp_path / "s.tar", [("a.png", _png()), ("a.json", b'{"caption": ' + deep + b"}"), ("b.png", _png())]
+    )
     rows = _rows(make_source({"type": "webdataset", "name": "w", "paths": str(tar)}).read_all())
     assert [r["status"] for r in rows] == ["rejected", "ok"]
     assert rows[0]["reason"].startswith("bad_json: json nested 200001 levels deep (limit 64)")
@@ -159,13 +147,7 @@ def test_hostile_deep_json_is_rejected_not_a_recursion_error(tmp_path):
 def test_hostile_hash_in_tar_path_and_member_name(tmp_path):
     folder = tmp_path / "run#2"
     folder.mkdir()
-    tar = folder / "shard#1.tar"
-    with tarfile.open(tar, "w") as tf:
-        for name in ("a#1.png", "b.png"):
-            data = _png()
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
+    tar = write_tar(folder / "shard#1.tar", [("a#1.png", _png()), ("b.png", _png())])
     src = make_source({"type": "webdataset", "name": "w", "paths": str(folder / "*.tar")})
     rows = _rows(src.read_all())
     assert [(r["uri"], r["status"]) for r in rows] == [(f"{tar}#a#1", "ok"), (f"{tar}#b", "ok")]
