@@ -34,9 +34,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scone_data.interop.reader import InteropError, count_samples, iter_samples, load_manifest
+from scone_data.interop.reader import InteropError, claim_folder, count_samples, iter_samples, load_manifest
 from scone_data.interop.report import Reporter
-from scone_data.runtime.outdir import EXPORT_MARKER, OutputError, claim
+from scone_data.runtime.outdir import EXPORT_MARKER
 from scone_data.shards.files import atomic_open, write_bytes, write_json
 
 # Scone's released sets hold ~1000 rows per file (70 files for 70 K samples).
@@ -60,12 +60,9 @@ def _owned_dest(output: Path, dest: Path, fmt: str, overwrite: bool) -> Iterator
     """Own ``dest`` for the export (:func:`scone_data.runtime.outdir.claim`): locked for the run;
     refused when it is or holds ``output``, is not empty without ``overwrite``, or is not an export
     of ours; a replaced export is deleted only once the new one is complete."""
-    try:
-        with claim(dest, "export", overwrite=overwrite, reads=[output], empty=True, kind="export") as d:
-            write_json(d / EXPORT_MARKER, {"format": fmt, "output": str(output.absolute())})
-            yield d
-    except OutputError as e:
-        raise InteropError(str(e), code=e.code) from None
+    with claim_folder(dest, "export", overwrite=overwrite, reads=[output], empty=True, kind="export") as d:
+        write_json(d / EXPORT_MARKER, {"format": fmt, "output": str(output.absolute())})
+        yield d
 
 
 def _split_arg(split: str) -> str | None:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,10 +48,9 @@ from scone_data.interop.convert import (
     convert_row,
     field_map,
 )
-from scone_data.interop.reader import InteropError
+from scone_data.interop.reader import InteropError, claim_folder
 from scone_data.interop.report import Reporter
 from scone_data.runtime.config import ShardSettings
-from scone_data.runtime.outdir import OutputError, claim
 from scone_data.shards.files import write_json, write_parquet
 from scone_data.shards.writer import ShardWriter
 
@@ -95,16 +92,6 @@ def _count_rows(fmt: str, path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-@contextmanager
-def _owned_output(out: Path, reads: list[Path], overwrite: bool) -> Iterator[Path]:
-    """:func:`scone_data.runtime.outdir.claim` for an import, its refusals as InteropError (code 2)."""
-    try:
-        with claim(out, "import", overwrite=overwrite, reads=reads, empty=True) as d:
-            yield d
-    except OutputError as e:
-        raise InteropError(str(e), code=e.code) from None
-
-
 def import_dataset(
     sources: list[str | Path],
     output: str | Path,
@@ -134,7 +121,8 @@ def import_dataset(
         raise InteropError("bad import settings: " + "; ".join(problems), code=2)
     out = Path(output)
     # locked for the run; an earlier import is replaced only once this one is complete
-    with _owned_output(out, paths + ([Path(image_root)] if image_root else []), overwrite):
+    reads = paths + ([Path(image_root)] if image_root else [])
+    with claim_folder(out, "import", overwrite=overwrite, reads=reads, empty=True):
         reporter = reporter or Reporter("import", show_progress=False)
         config = {
             "import": {

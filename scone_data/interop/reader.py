@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,19 @@ class InteropError(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+@contextmanager
+def claim_folder(folder: Path, command: str, **kw: Any) -> Iterator[Path]:
+    """:func:`scone_data.runtime.outdir.claim` (``kw`` passed on) for export and import, its
+    refusals raised as :class:`InteropError` with the same exit code."""
+    from scone_data.runtime.outdir import OutputError, claim
+
+    try:
+        with claim(folder, command, **kw) as d:
+            yield d
+    except OutputError as e:
+        raise InteropError(str(e), code=e.code) from None
 
 
 def load_manifest(output: str | Path) -> dict[str, Any]:
