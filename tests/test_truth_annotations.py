@@ -14,23 +14,11 @@ import pytest
 from PIL import Image
 
 from scone_data.sources.base import resolve_path
+from scone_data.stages.colors import COLOR_NAMES
 
 TRUTH_DIR = Path(__file__).resolve().parents[1] / "scone_data" / "data" / "truth"
 DEMO_COCO = TRUTH_DIR.parent / "demo" / "coco.json"
-COLOURS = {
-    "black",
-    "white",
-    "gray",
-    "brown",
-    "beige",
-    "red",
-    "orange",
-    "yellow",
-    "green",
-    "blue",
-    "purple",
-    "pink",
-}
+COLOURS = set(COLOR_NAMES)  # the truth tables speak the colour stage's vocabulary
 PERSON_LIKE = {
     "person",
     "man",
