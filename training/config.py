@@ -88,12 +88,15 @@ def validate(cfg: dict) -> None:
     (an integral float such as 1e3 where an int is wanted becomes 1000)."""
     errs = []
 
-    def need(path, kind):
-        """The value at ``path`` checked against the type ``kind``; None when missing or wrong."""
+    def need(path, kind, required=True):
+        """The value at ``path`` checked against the type ``kind`` (stored back coerced); None when
+        missing or wrong. ``required=False``: a setting with a default in the code, checked only
+        when given."""
         node, parent = cfg, None
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
-                errs.append(f"{path}: missing")
+                if required:
+                    errs.append(f"{path}: missing")
                 return None
             node, parent = node[part], node
         value, problem = check_value(node, kind, path)
@@ -104,13 +107,7 @@ def validate(cfg: dict) -> None:
         return value
 
     def optional(path, kind):
-        """Like need, for a setting with a default in the code (checked only when given)."""
-        node = cfg
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return need(path, kind)
+        return need(path, kind, required=False)
 
     need("stage", str)
     optional("model.path", str | None)
