@@ -118,7 +118,7 @@ def plan_crop(anchor: BankSubject, in_image: list[BankSubject], img_wh: tuple[in
     crop = int_box((max(0, ux0 - px), max(0, uy0 - py), min(img_wh[0], ux1 + px), min(img_wh[1], uy1 + py)))
     shown = []
     for o in in_image:
-        v = _visible(o.mbox, crop)
+        v = visible_fraction(o.mbox, crop)
         if v >= CROP_MIN_VISIBLE:
             shown.append(o)
         elif v > CROP_MIN_PARTIAL and o.label == anchor.label:
@@ -126,7 +126,8 @@ def plan_crop(anchor: BankSubject, in_image: list[BankSubject], img_wh: tuple[in
     return crop, shown
 
 
-def _visible(b, crop) -> float:
+def visible_fraction(b, crop) -> float:
+    """Share of box ``b``'s area inside ``crop`` (both x0, y0, x1, y1)."""
     ix = max(0.0, min(b[2], crop[2]) - max(b[0], crop[0]))
     iy = max(0.0, min(b[3], crop[3]) - max(b[1], crop[1]))
     area = max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))
@@ -173,10 +174,10 @@ def plan_target_crop(
         (min(b[0] for b in keep), min(b[1] for b in keep), max(b[2] for b in keep), max(b[3] for b in keep))
     )
     u = (max(0, u[0]), max(0, u[1]), min(W, u[2]), min(H, u[3]))
-    avoid = [b for b in avoid if _visible(b, (0, 0, W, H)) > TARGET_MAX_VISIBLE]
+    avoid = [b for b in avoid if visible_fraction(b, (0, 0, W, H)) > TARGET_MAX_VISIBLE]
     if not avoid:
         return None
-    if any(_visible(b, u) > TARGET_MAX_VISIBLE for b in avoid):
+    if any(visible_fraction(b, u) > TARGET_MAX_VISIBLE for b in avoid):
         return "target_instance_overlaps"
     if len(avoid) > TARGET_MAX_OBSTACLES:
         return "target_crowded"
@@ -196,7 +197,7 @@ def plan_target_crop(
                     area = (c[2] - c[0]) * (c[3] - c[1])
                     if area <= best_area or min(c[2] - c[0], c[3] - c[1]) < min_side_px:
                         continue
-                    if any(_visible(b, c) > TARGET_MAX_VISIBLE for b in avoid):
+                    if any(visible_fraction(b, c) > TARGET_MAX_VISIBLE for b in avoid):
                         continue
                     best, best_area = c, area
     if best is None or best_area < min_area_frac * W * H:

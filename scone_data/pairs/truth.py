@@ -23,7 +23,7 @@ from scone_data.pairs.expressions import (
     SIZE_RATIO,
     is_person,
 )
-from scone_data.pairs.layout import TARGET_MAX_VISIBLE
+from scone_data.pairs.layout import TARGET_MAX_VISIBLE, visible_fraction
 
 COLOR_WORDS = frozenset("black white gray grey brown beige red orange yellow green blue purple pink".split())
 SIZE_WORDS = {"largest": "largest", "biggest": "largest", "smallest": "smallest"}
@@ -178,34 +178,26 @@ def _overlapping(cands: list[dict]) -> bool:
     return False
 
 
-def _visible(box, crop) -> float:
-    ix = max(0.0, min(box[2], crop[2]) - max(box[0], crop[0]))
-    iy = max(0.0, min(box[3], crop[3]) - max(box[1], crop[1]))
-    return ix * iy / max(1e-9, (box[2] - box[0]) * (box[3] - box[1]))
-
-
-def check_target(record: dict, scene, image_wh: tuple[int, int] | None = None) -> list[str]:
+def check_target(record: dict, scene) -> list[str]:
     """Reasons the target breaks "show the named subjects, none of the other instances of their labels".
 
     ``scene``: every known instance in the target's source image, ``(subject_id or "", label, box)`` in
     source pixels (bank subjects, subject rejects with a box, annotations)."""
     t = record["target"]
-    crop = t.get("crop_box")
-    if crop is None:
-        crop = (0, 0, *(image_wh or (1e12, 1e12)))
+    crop = t.get("crop_box")  # absent: the whole photo, which shows every instance whole
     intended = {b["subject_id"] for b in t["boxes"]}
     named = {b["label"] for b in t["boxes"]}
     out = []
     for sid, label, box in scene:
         if sid in intended:
-            if _visible(box, crop) < TARGET_MIN_WHOLE:
+            if crop and visible_fraction(box, crop) < TARGET_MIN_WHOLE:
                 out.append("target_cuts_intended")
-        elif label in named and _visible(box, crop) > TARGET_MAX_VISIBLE:
+        elif label in named and (not crop or visible_fraction(box, crop) > TARGET_MAX_VISIBLE):
             out.append("target_shows_named_instance")
     return sorted(set(out))
 
 
-def check_sample(record: dict, scene=(), max_copy_paste: float = 1.0, image_wh=None) -> list[str]:
+def check_sample(record: dict, scene=(), max_copy_paste: float = 1.0) -> list[str]:
     """Every reason ``record`` is not true to a person's reading (empty: it passes)."""
     text = record["instruction"]
     refs = record["references"]
@@ -230,7 +222,7 @@ def check_sample(record: dict, scene=(), max_copy_paste: float = 1.0, image_wh=N
     for ref in refs:
         if ref["kind"] != "crop" and _overlapping(ref["candidates"]):
             out.append("candidates_overlap")
-    out += check_target(record, scene, image_wh)
+    out += check_target(record, scene)
     if any((r.get("copy_paste") or 0.0) > max_copy_paste for r in refs):
         out.append("copy_paste")
     return sorted(set(out))

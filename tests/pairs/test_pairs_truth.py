@@ -104,11 +104,11 @@ def test_target_must_not_show_other_named_instances():
     ]
     r = record("Use only the person in the middle from image 1.", [PEOPLE])
     r["target"]["boxes"] = [{"subject_id": "t", "label": "person"}]
-    assert check_sample(r, scene, image_wh=(640, 480)) == ["target_shows_named_instance"]
+    assert check_sample(r, scene) == ["target_shows_named_instance"]
     r["target"]["crop_box"] = [0, 0, 390, 480]  # the rejected person (no subject id) is left out
-    assert check_sample(r, scene, image_wh=(640, 480)) == []
+    assert check_sample(r, scene) == []
     r["target"]["crop_box"] = [150, 0, 390, 480]  # ... but now the intended person is cut
-    assert check_sample(r, scene, image_wh=(640, 480)) == ["target_cuts_intended"]
+    assert check_sample(r, scene) == ["target_cuts_intended"]
 
 
 def test_parser_reads_phrases_and_rejects_unknown_words():
@@ -130,7 +130,7 @@ def test_target_crop_keeps_the_intended_whole_and_leaves_the_others_out():
     crop = layout.plan_target_crop(keep, avoid, (640, 480), 0.1, 64, 2.5)
     assert crop[0] <= 100 and crop[1] <= 100 and crop[2] >= 200 and crop[3] >= 300
     for b in avoid:
-        assert layout._visible(b, crop) <= layout.TARGET_MAX_VISIBLE
+        assert layout.visible_fraction(b, crop) <= layout.TARGET_MAX_VISIBLE
     w, h = crop[2] - crop[0], crop[3] - crop[1]
     assert max(w, h) / min(w, h) <= 2.5
     assert layout.plan_target_crop(keep, [], (640, 480), 0.1, 64, 2.5) is None
