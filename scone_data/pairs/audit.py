@@ -12,32 +12,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
+from scone_data.pairs.bank import mask_box, scene_index
+from scone_data.pairs.card import copy_paste_histogram
 from scone_data.pairs.truth import check_sample
 
-# A mask filling this much of its own bounding box is a rectangle, not a subject's outline.
-RECTANGLE_FILL = 0.97
 # Keys of the samples with the most failed checks listed per task.
 WORST_KEYS = 5
-COPY_PASTE_BINS = tuple(round(0.1 * i, 1) for i in range(11))
-
-
-def _scene(bank) -> dict[str, list]:
-    scene: dict[str, list] = defaultdict(list)
-    for s in bank.subjects:
-        scene[s["image_id"]].append((s["subject_id"], s["label"], tuple(s["box_xyxy"])))
-    rejected = getattr(bank, "rejected_subjects", None)
-    for o in rejected() if rejected else ():
-        if o.get("box_xyxy") and o.get("label"):
-            scene[o["image_id"]].append(("", o["label"], tuple(o["box_xyxy"])))
-    return scene
 
 
 def _mask_problems(bank) -> dict[str, str]:
-    """subject_id -> why its mask must never be pasted (rectangles, box fallbacks)."""
-    from scone_data.pairs.bank import mask_box
+    """subject_id -> why its mask must never be pasted (rectangles, box fallbacks), by the subjects
+    stage's own rectangle threshold (``SubjectFilter.max_rect_fill``)."""
+    from scone_data.stages.subjects import SubjectFilter
 
     out = {}
     for s in bank.subjects:
@@ -45,15 +34,9 @@ def _mask_problems(bank) -> dict[str, str]:
             out[s["subject_id"]] = "mask_box_fallback"
             continue
         (x0, y0, x1, y1), area = mask_box(s["mask_rle"])
-        if area >= RECTANGLE_FILL * max(1.0, (x1 - x0) * (y1 - y0)):
+        if area >= SubjectFilter.max_rect_fill * max(1.0, (x1 - x0) * (y1 - y0)):
             out[s["subject_id"]] = "mask_rectangle"
     return out
-
-
-def copy_paste_histogram(scores: list[float]) -> list[tuple[str, int]]:
-    """Counts of reference copy-paste scores in bins of 0.1 (``"0.9-1.0"`` holds 1.0)."""
-    counts = Counter(min(int(s * 10), 9) for s in scores)
-    return [(f"{COPY_PASTE_BINS[i]:.1f}-{COPY_PASTE_BINS[i + 1]:.1f}", counts[i]) for i in range(10)]
 
 
 def audit(output: str | Path) -> dict:
@@ -65,15 +48,14 @@ def audit(output: str | Path) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     max_cp = float((manifest.get("config", {}).get("pairs") or {}).get("max_copy_paste", 1.0))
     bank = Bank(out)
-    scene, bad_masks = _scene(bank), _mask_problems(bank)
-    sizes = {i: (r["width"], r["height"]) for i, r in bank.images.items()}
+    scene, bad_masks = scene_index(bank.subjects, bank.rejected_subjects()), _mask_problems(bank)
     tasks: dict[str, dict] = {}
     scores: list[float] = []
     for shard in manifest["shards"]:
         for rec in iter_records(out / "shards" / f"{shard['name']}.tar"):
             t = tasks.setdefault(rec["task"], {"samples": 0, "passed": 0, "reasons": Counter(), "worst": []})
             image_id = rec["target"]["image_id"]
-            reasons = check_sample(rec, scene.get(image_id, ()), max_cp, sizes.get(image_id))
+            reasons = check_sample(rec, scene.get(image_id, ()), max_cp)
             for ref in rec["references"]:
                 if ref.get("copy_paste") is not None:
                     scores.append(float(ref["copy_paste"]))

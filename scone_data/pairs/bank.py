@@ -64,13 +64,7 @@ class BankIndex:
         # not show an instance of a label its instruction names beyond the intended ones, and a subject
         # the filters dropped (too small, bad mask) is still in the photo. ``others``: subject rejects
         # that kept their box ({"image_id", "label", "box_xyxy"}).
-        self.scene: dict[str, list[tuple[str, str, tuple[float, ...]]]] = defaultdict(list)
-        for s in sorted(subjects, key=lambda s: s["subject_id"]):
-            box = s.get("box_xyxy") or mask_box(s["mask_rle"])[0]
-            self.scene[s["image_id"]].append((s["subject_id"], s["label"], tuple(box)))
-        for o in others:
-            if o.get("box_xyxy") and o.get("label"):
-                self.scene[o["image_id"]].append(("", o["label"], tuple(o["box_xyxy"])))
+        self.scene = scene_index(subjects, others)
         self.by_id: dict[str, BankSubject] = {}
         self.by_image: dict[str, list[BankSubject]] = defaultdict(list)
         # split -> label -> subjects of that label in that split
@@ -167,6 +161,19 @@ class BankIndex:
 
     def labels(self, split: str) -> list[str]:
         return sorted(self.by_label[split])
+
+
+def scene_index(subjects: list[dict], others=()) -> dict[str, list[tuple[str, str, tuple[float, ...]]]]:
+    """image_id -> every instance known in that photo, ``(subject_id or "", label, box_xyxy)``: the
+    Subject records (by subject id) and the subject rejects that kept their box (``others``)."""
+    scene: dict[str, list] = defaultdict(list)
+    for s in sorted(subjects, key=lambda s: s["subject_id"]):
+        box = s.get("box_xyxy") or mask_box(s["mask_rle"])[0]
+        scene[s["image_id"]].append((s["subject_id"], s["label"], tuple(box)))
+    for o in others:
+        if o.get("box_xyxy") and o.get("label"):
+            scene[o["image_id"]].append(("", o["label"], tuple(o["box_xyxy"])))
+    return scene
 
 
 def color_shares(attributes: dict) -> tuple[tuple[str, float], ...]:

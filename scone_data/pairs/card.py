@@ -18,6 +18,15 @@ def _table(head: tuple[str, str], rows: list[tuple[str, int]], total: int | None
     return out
 
 
+COPY_PASTE_BINS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def copy_paste_histogram(scores: list[float]) -> list[tuple[str, int]]:
+    """Counts of reference copy-paste scores in bins of 0.1 (``"0.9-1.0"`` holds 1.0)."""
+    counts = Counter(min(int(s * 10), 9) for s in scores)
+    return [(f"{COPY_PASTE_BINS[i]:.1f}-{COPY_PASTE_BINS[i + 1]:.1f}", counts[i]) for i in range(10)]
+
+
 def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
     reference histogram, references per sample, reference kinds and sources, targets (whole photo or
@@ -26,8 +35,6 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
     reject reasons (most frequent first).
 
     ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
-    from scone_data.pairs.audit import copy_paste_histogram
-
     n = 0
     tasks, splits, labels, cands, kinds, nrefs, targets, ref_sources = (Counter() for _ in range(8))
     scores: list[float] = []

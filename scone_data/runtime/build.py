@@ -242,8 +242,9 @@ def run_shard_phase(
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
     max_pixels = _max_pixels(cfg)
     loader = ImageLoader(bank.image_part, max_pixels)
-    others = getattr(bank, "rejected_subjects", lambda: [])()
-    plans, plan_rejects = plan_samples(bank.subjects, bank.images, pairs, load_image=loader, others=others)
+    plans, plan_rejects = plan_samples(
+        bank.subjects, bank.images, pairs, load_image=loader, others=bank.rejected_subjects()
+    )
     log.info(
         "planned %d samples in %.1fs from %d subjects",
         len(plans),
