@@ -283,8 +283,11 @@ class TaskPlanner:
 
     def _cross(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
         cfg = self.cfg
-        # labels anywhere in the target photo (rejected subjects too) are never distractors
-        present = {o.label for o in subs} | {e[1] for e in self.bank.scene[b.image_id]}
+        # labels anywhere in the target photo or in the photo the reference is cut from (filtered and
+        # rejected subjects too) are never distractors; ``subs`` are the target photo's subjects, ``b``
+        # may come from another photo of its group
+        scene = self.bank.scene
+        present = {e[1] for i in {subs[0].image_id, b.image_id} for e in scene[i]}
         k = rng.randint(cfg.min_distractors, cfg.max_distractors)
         labels = self.spaces[b.split].draw(b.label, present, k, rng)
         if len(labels) < cfg.min_distractors:
