@@ -209,6 +209,8 @@ def _interp(src_side: int, dst_side: int) -> int:
 
 # Both patches are compared at this side: enough to see pose and shading, too coarse for JPEG noise.
 COPY_PASTE_SIDE = 32
+# Fewer subject pixels than this (of 32 x 32) after erosion and warp: too little survived to compare.
+MIN_COPY_PASTE_PIXELS = 16
 
 
 def copy_paste_score(ref: np.ndarray, ref_box, target: np.ndarray, target_box, ref_mask=None) -> float:
@@ -231,7 +233,7 @@ def copy_paste_score(ref: np.ndarray, ref_box, target: np.ndarray, target_box, r
 
     a, b = cut(ref, ref_box), cut(target, target_box)
     w = cut(ref_mask, ref_box) > 0.5 if ref_mask is not None else np.ones_like(a, bool)
-    if w.sum() < 16:  # too little of the subject survived to compare
+    if w.sum() < MIN_COPY_PASTE_PIXELS:
         return 0.0
 
     def ncc(x, y, m):
