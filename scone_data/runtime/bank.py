@@ -14,6 +14,7 @@ deterministic.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -96,8 +97,8 @@ def write_extra_rejects(root: str | Path, name: str, rejects: list[dict[str, Any
     write_parquet(Path(root) / "bank" / "rejects" / f"{name}.parquet", schemas.to_table("reject", rejects))
 
 
-KINDS = ("images", "subjects", "rejects")
-KIND_SCHEMA = {"images": "source_image", "subjects": "subject", "rejects": "reject"}
+KIND_SCHEMA = {"images": "source_image", "subjects": "subject", "rejects": "reject"}  # bank/{kind}/
+KINDS = tuple(KIND_SCHEMA)
 PART_NAME = re.compile(r"part-\d{5}\.parquet")  # UNIT_FMT's names: one part per work unit
 # ``write_extra_rejects``' names (``source-000``: rejects found outside any unit)
 EXTRA_REJECTS_NAME = re.compile(r"[a-z][a-z0-9_]*-\d+\.parquet")
@@ -122,8 +123,13 @@ class BankDamaged(ConfigError):
         self.args = ("the subject bank is damaged (nothing was written):\n  - " + "\n  - ".join(problems),)
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+# A finding quotes at most this much of an exception: pyarrow's can run to a whole schema dump.
+MAX_WHY_CHARS = 300
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as a short single line (pyarrow's messages span several)."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:MAX_WHY_CHARS]
 
 
 def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
@@ -146,7 +152,7 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
     except BankDamaged:
         raise
     except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as e:
-        raise BankDamaged([f"{name}: unreadable ({_one_line(e)})"]) from None
+        raise BankDamaged([f"{name}: unreadable ({one_line(e)})"]) from None
 
 
 def _kept_subjects(
@@ -286,8 +292,6 @@ class ImageLoader:
 def _ledger_problems(root: Path) -> list[str]:
     """Each part the build's ledger marks as written is present with the row counts it recorded,
     and no part is present that the ledger does not know (no ledger: nothing to compare)."""
-    import json
-
     ledger = root / "ledger" / "bank"
     if not ledger.is_dir():
         return []
@@ -298,7 +302,7 @@ def _ledger_problems(root: Path) -> list[str]:
             rec = json.loads(marker.read_bytes())
             counts = {k: int(rec[k]) for k in KINDS if k in rec}
         except (ValueError, KeyError, TypeError, OSError) as e:
-            problems.append(f"ledger/bank/{marker.name}: unreadable ({_one_line(e)})")
+            problems.append(f"ledger/bank/{marker.name}: unreadable ({one_line(e)})")
             continue
         for kind, n in counts.items():
             expected[kind][f"{marker.name[: -len('.done')]}.parquet".replace("unit-", "part-")] = n
@@ -311,7 +315,7 @@ def _ledger_problems(root: Path) -> list[str]:
             try:
                 rows = pq.read_metadata(present[name]).num_rows
             except (OSError, pa.ArrowException, ValueError) as e:
-                problems.append(f"bank/{kind}/{name}: unreadable ({_one_line(e)})")
+                problems.append(f"bank/{kind}/{name}: unreadable ({one_line(e)})")
                 continue
             if rows != n:
                 problems.append(f"bank/{kind}/{name}: {rows} rows, the ledger records {n}")
