@@ -30,18 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scone_data import schemas
+from scone_data.runtime.bank import check_bank, one_line
+from scone_data.runtime.outdir import LOCK_NAME
 from scone_data.shards.files import TMP_PREFIX
 from scone_data.shards.writer import _padded
 
 MAX_PROBLEMS_PER_SHARD = 20  # past this a shard is clearly broken; more lines would bury the others
-# what a build, regen or import writes at the top of its output (the lock: runtime/outdir.py)
-TOP_FILES = {"manifest.json", "rejects.parquet", "dataset_card.md", ".scone-data.lock"}
+# what a build, regen or import writes at the top of its output
+TOP_FILES = {"manifest.json", "rejects.parquet", "dataset_card.md", LOCK_NAME}
 SHARD_FILES = (".tar", ".parquet", ".stats.json")
-
-
-def _why(e: BaseException) -> str:
-    """An exception as a short single line (pyarrow's messages span several)."""
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 class _Tally:
@@ -57,12 +54,18 @@ class _Tally:
     def add(self, rec: dict[str, Any]) -> None:
         self.tasks[rec["task"]] += 1
         self.splits[rec["split"]] += 1
-        self.samples += 1
         self.images.add(rec["target"]["image_id"])
         for r in rec["references"]:
             self.references += 1
             if r.get("candidates"):
                 self.images.add(r["candidates"][0]["source_image_id"])
+
+    def merge(self, other: _Tally) -> None:
+        self.tasks.update(other.tasks)
+        self.splits.update(other.splits)
+        self.samples += other.samples
+        self.images |= other.images
+        self.references += other.references
 
 
 def _read_tar(name: str, data: bytes, problems: list[str]):
@@ -104,7 +107,7 @@ def _check_records(name: str, groups, order, decode_images: bool, problems: list
             rec = json.loads(members["json"])
             schemas.validate("sample", rec)
         except (ValueError, schemas.SchemaError) as e:
-            problems.append(f"{name}/{key}: {_why(e)}")
+            problems.append(f"{name}/{key}: {one_line(e)}")
             continue
         if rec["key"] != key:
             problems.append(f"{name}/{key}: json key {rec['key']!r} differs from the member names")
@@ -131,13 +134,13 @@ def _check_index(name: str, path: Path, order, records, first_offset, end, probl
     try:
         rows = pq.read_table(path).to_pylist()
     except (OSError, pa.ArrowException, ValueError) as e:
-        problems.append(f"{name}: index {path.name} is unreadable ({_why(e)})")
+        problems.append(f"{name}: index {path.name} is unreadable ({one_line(e)})")
         return
     for i, r in enumerate(rows):
         try:
             schemas.validate("index_row", r)
         except schemas.SchemaError as e:
-            problems.append(f"{name}: index row {i}: {_why(e)}")
+            problems.append(f"{name}: index row {i}: {one_line(e)}")
             return
     if [r["key"] for r in rows] != order:
         problems.append(f"{name}: index keys differ from the tar's samples or their order")
@@ -162,7 +165,7 @@ def _check_stats(name: str, path: Path, data: bytes, digest: str, tally: _Tally,
     try:
         st = json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
-        problems.append(f"{name}: stats {path.name} is unreadable ({_why(e)})")
+        problems.append(f"{name}: stats {path.name} is unreadable ({one_line(e)})")
         return
     if not isinstance(st, dict):
         problems.append(f"{name}: stats {path.name} is not a json object")
@@ -189,7 +192,7 @@ def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[lis
     try:
         data = tar_path.read_bytes()
     except OSError as e:
-        return [f"{name}: {tar_path.name} is unreadable ({_why(e)})"], tally
+        return [f"{name}: {tar_path.name} is unreadable ({one_line(e)})"], tally
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
         problems.append(f"{name}: sha256 differs from the manifest")
@@ -198,12 +201,12 @@ def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[lis
     try:
         groups, first_offset, end, order = _read_tar(name, data, problems)
     except (tarfile.TarError, OSError, EOFError) as e:
-        return problems + [f"{name}: unreadable tar ({_why(e)})"], tally
+        return problems + [f"{name}: unreadable tar ({one_line(e)})"], tally
     records = _check_records(name, groups, order, decode_images, problems)
     for key in order:
         if key in records:
             tally.add(records[key])
-    tally.samples = len(order)  # a sample whose json is bad still counts as one in the tar
+    tally.samples = len(order)  # not counted by add: a sample whose json is bad is one in the tar too
     _check_index(name, shard_dir / f"{name}.parquet", order, records, first_offset, end, problems)
     _check_stats(name, shard_dir / f"{name}.stats.json", data, digest, tally, problems)
     if entry["samples"] != len(order):
@@ -222,7 +225,7 @@ def _check_rejects(out: Path, manifest: dict) -> list[str]:
             return [f"rejects.parquet: not a rejects table (missing columns {missing})"]
         reasons = Counter(table.column("reason").to_pylist())
     except (OSError, pa.ArrowException, ValueError) as e:
-        return [f"rejects.parquet is unreadable ({_why(e)})"]
+        return [f"rejects.parquet is unreadable ({one_line(e)})"]
     have = dict(sorted(reasons.items()))
     if have != manifest["rejects"]:
         return [f"manifest: rejects by reason {manifest['rejects']} != {have} in rejects.parquet"]
@@ -231,8 +234,6 @@ def _check_rejects(out: Path, manifest: dict) -> list[str]:
 
 def _check_sources(out: Path, manifest: dict, tally: _Tally) -> list[str]:
     """images, subjects (and the bank itself) against what they were counted from."""
-    from scone_data.runtime.bank import check_bank
-
     kind = manifest["kind"]
     if kind == "build":
         return check_bank(out, manifest)[1]
@@ -285,18 +286,14 @@ def validate_output(output: str | Path, decode_images: bool = True) -> list[str]
         manifest = json.loads(mpath.read_bytes())
         schemas.validate("manifest", manifest)
     except (OSError, ValueError, schemas.SchemaError) as e:
-        return [f"manifest.json: {_why(e)}"]
+        return [f"manifest.json: {one_line(e)}"]
     shard_dir = out / "shards"
     problems: list[str] = []
     tally = _Tally()
     for entry in manifest["shards"]:
         p, t = _check_shard(shard_dir, entry, decode_images)
         problems += p
-        tally.tasks.update(t.tasks)
-        tally.splits.update(t.splits)
-        tally.samples += t.samples
-        tally.images |= t.images
-        tally.references += t.references
+        tally.merge(t)
     problems += _unknown_files(out, {e["name"] for e in manifest["shards"]})
     for tmp in sorted(out.rglob(f"{TMP_PREFIX}*")):
         problems.append(f"{tmp.relative_to(out)}: a temporary file left behind")
