@@ -144,9 +144,10 @@ class CocoSource(Source):
         clashes = []
         for c in doc.get("categories", []):
             if _is_cat(c):
-                name = cats.setdefault(c["id"], safe_text(c["name"]))
-                if name != safe_text(c["name"]):
-                    clashes.append(f"{c['id']!r} ({name!r} and {safe_text(c['name'])!r})")
+                name = safe_text(c["name"])
+                kept = cats.setdefault(c["id"], name)
+                if kept != name:
+                    clashes.append(f"{c['id']!r} ({kept!r} and {name!r})")
         if clashes:  # which name an annotation means is unknowable: every choice relabels some
             raise ValueError(
                 f"{self._json_path}: categories: two names for one id: {', '.join(clashes[:10])}"
