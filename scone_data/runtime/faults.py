@@ -32,7 +32,11 @@ POINTS = {
     "before_publish": "a file's bytes are flushed to its hidden temporary, not yet fsynced or renamed",
     "published": "the file is renamed into place, nothing recorded after it yet",
 }
-ACTIONS = {"kill": None, "stop": None, "enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}
+# an action sends this process a signal (SIGKILL never returns; SIGSTOP returns once continued) ...
+SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+# ... or raises an OSError of this errno
+ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}
+ACTIONS = {**SIGNALS, **ERRNOS}
 
 
 @dataclass
@@ -116,10 +120,8 @@ def _claim(once: str | None) -> bool:
 
 
 def _fire(fault: Fault, path: str | os.PathLike) -> None:
-    code = ACTIONS[fault.action]
-    if fault.action == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
+    if fault.action in SIGNALS:
+        os.kill(os.getpid(), SIGNALS[fault.action])
         return
-    if code is None:
-        os.kill(os.getpid(), signal.SIGKILL)
+    code = ERRNOS[fault.action]
     raise OSError(code, f"{os.strerror(code)} (injected at {fault.name})", str(path))
