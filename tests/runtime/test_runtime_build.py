@@ -190,6 +190,7 @@ def test_demo_passes_the_audit(demo_local, capsys):
 
 def test_audit_finds_a_sample_a_person_reads_as_false(demo_local, tmp_path, capsys):
     """One instruction rewritten by hand to say what its pictures do not show: audit --strict names it."""
+    import io
     import shutil
     import tarfile
 
@@ -207,7 +208,7 @@ def test_audit_finds_a_sample_a_person_reads_as_false(demo_local, tmp_path, caps
                 rec["instruction"] += " Show it in a new scene, with the red person from image 1."
                 data = json.dumps(rec).encode()
                 m.size = len(data)
-            tf.addfile(m, __import__("io").BytesIO(data))
+            tf.addfile(m, io.BytesIO(data))
     assert main(["audit", str(out), "--strict", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     worst = [w for t in report["tasks"].values() for w in t["worst"]]
