@@ -52,19 +52,41 @@ def _path(err) -> str:
     return out or "<record>"
 
 
+# Keywords that draft-07 (what fastjsonschema implements) and 2020-12 (our files) read alike. A schema
+# with any other keyword gets no fast path: fastjsonschema would ignore or misread a 2020-12 keyword
+# (prefixItems, unevaluatedProperties, dependentRequired ...) and accept what jsonschema rejects.
+_FAST_KEYWORDS = frozenset(
+    "type properties required additionalProperties items minimum maximum minItems maxItems minLength "
+    "maxLength enum const pattern title description".split()
+)
+
+
+def _same_in_draft07(node: Any) -> bool:
+    """Whether schema ``node`` uses only :data:`_FAST_KEYWORDS`, at every depth."""
+    if not isinstance(node, dict):
+        return isinstance(node, bool)  # additionalProperties: false
+    for k, v in node.items():
+        if k not in _FAST_KEYWORDS:
+            return False
+        if k == "properties" and not all(_same_in_draft07(c) for c in v.values()):
+            return False
+        if k in ("items", "additionalProperties") and not _same_in_draft07(v):
+            return False
+    return True
+
+
 @cache
 def _fast(name: str):
-    """A compiled check of schema ``name`` (fastjsonschema), or None when it cannot compile it.
-
-    Our schemas use only keywords whose meaning is the same in draft-07, which fastjsonschema
-    implements, and in 2020-12 (type, properties, required, additionalProperties, items, min/max,
-    minItems/maxItems, minLength, enum, const, pattern); tests check both validators agree."""
+    """A compiled check of schema ``name`` (fastjsonschema), or None when fastjsonschema is missing or
+    the schema uses a keyword outside :data:`_FAST_KEYWORDS`; tests check both validators agree."""
     try:
         import fastjsonschema
     except ImportError:
         return None
     schema = {k: v for k, v in json_schema(name).items() if k not in ("$schema", "$id")}
-    return fastjsonschema.compile(schema)
+    if not _same_in_draft07(schema):
+        return None
+    return fastjsonschema.compile(schema, use_default=False)  # a check never writes defaults into the record
 
 
 def validate(name: str, record: dict[str, Any]) -> None:

@@ -134,3 +134,16 @@ def test_fast_check_agrees_with_jsonschema_on_valid_and_broken_records():
             fast(bad)
         with pytest.raises(schemas.SchemaError):
             schemas.validate("sample", bad)
+
+
+def test_fast_check_only_for_schemas_both_validators_read_alike():
+    """Every shipped schema gets the compiled check; a 2020-12-only keyword (which fastjsonschema
+    would ignore, accepting what jsonschema rejects) leaves a schema to jsonschema alone."""
+    assert all(schemas._fast(name) is not None for name in schemas.RECORDS)
+    tuple_items = {
+        "type": "object",
+        "properties": {"xy": {"type": "array", "prefixItems": [{"type": "number"}]}},
+    }
+    assert not schemas._same_in_draft07(tuple_items)
+    assert not schemas._same_in_draft07({"type": "array", "items": [{"type": "number"}]})
+    assert schemas._same_in_draft07({"type": "object", "additionalProperties": False, "properties": {}})
