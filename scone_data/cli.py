@@ -98,7 +98,9 @@ def _emit_summary(command: str, **fields) -> None:
 
 def describe(err: BaseException) -> str:
     """``err`` as one line that names the file involved (pyarrow's FileNotFoundError holds only a path)."""
-    if isinstance(err, OSError) and not str(err.strerror or "").startswith("cannot write"):
+    from scone_data.shards.files import OutputWriteError  # its message already names the file
+
+    if isinstance(err, OSError) and not isinstance(err, OutputWriteError):
         what = err.strerror or {FileNotFoundError: "no such file or directory"}.get(type(err), "")
         where = err.filename if err.filename is not None else (str(err) if not err.strerror else "")
         text = f"{where}: {what}" if where and what else where or what or type(err).__name__
