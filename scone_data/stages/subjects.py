@@ -125,16 +125,15 @@ def is_part(label: str) -> bool:
     return bool(words) and words[-1] in PART_LABELS
 
 
-def resolve_overlaps(masks: list[Crop | None], takers: set[int]) -> tuple[list[Crop | None], list[bool]]:
+def resolve_overlaps(masks: list[Crop | None], takers: set[int]) -> list[Crop | None]:
     """Every pixel claimed by several masks goes to the smallest of them (ties: the earlier subject).
 
     Only masks in ``takers`` (trusted ones) take pixels from larger masks; ``masks`` are left as they
-    are. Returns the resolved crops (re-tightened) and which masks lost pixels."""
+    are. Returns the resolved crops (re-tightened)."""
     rank = {
         k: r for r, (_, k) in enumerate(sorted((c.area, k) for k, c in enumerate(masks) if c is not None))
     }
     out: list[Crop | None] = list(masks)
-    changed = [False] * len(masks)
     for k, c in enumerate(masks):
         if c is None or c.area == 0:
             continue
@@ -147,8 +146,8 @@ def resolve_overlaps(masks: list[Crop | None], takers: set[int]) -> tuple[list[C
                 m = c.m.copy() if m is None else m
                 m[ys, xs] &= ~other
         if m is not None:
-            out[k], changed[k] = Crop(m, c.x0, c.y0), True
-    return out, changed
+            out[k] = Crop(m, c.x0, c.y0)
+    return out
 
 
 def _int_box(box, w: int, h: int) -> tuple[int, int, int, int]:
@@ -323,9 +322,7 @@ class SubjectFilter(Stage):
         bleeds: dict[int, str] = {}
         while True:
             # a part or a worn thing leaves its pixels to its owner too (see PART_LABELS)
-            crops, _ = resolve_overlaps(
-                masks, {k for k in takers if not is_part(subjects[k].get("label", ""))}
-            )
+            crops = resolve_overlaps(masks, {k for k in takers if not is_part(subjects[k].get("label", ""))})
             found = False
             for k in sorted(takers):
                 total, over = self._bleed(k, crops[k], masks, takers, boxes)
@@ -344,6 +341,8 @@ class SubjectFilter(Stage):
                 break
             if not found:
                 break
+        # masks only ever lose pixels (to smaller masks, or trimmed back from a neighbour): a changed mask has a
+        # smaller area than its input
         changed = [c is not None and c.area != inputs[k].area for k, c in enumerate(crops)]
         kept, dropped = [], []
         for k, s in enumerate(subjects):
