@@ -47,6 +47,9 @@ EXPORT_ENTRIES = frozenset(
     {"parquet_data", "parquet_info", "dataset_info.json", "images", "data.jsonl", EXPORT_MARKER, LOCK_NAME}
 )
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# the lock file holds "<pid> <command>\n" (command: build, regen, export, import, delete): well
+# under this; a hand-edited file is read no further than it to name the holder
+_HOLDER_MAX_BYTES = 200
 
 
 class OutputError(Exception):
@@ -69,7 +72,7 @@ def _lock(folder: Path, command: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        holder = os.pread(fd, _HOLDER_MAX_BYTES, 0).decode(errors="replace").split()
         os.close(fd)
         who = f"{holder[1]}, pid {holder[0]}" if len(holder) >= 2 else "pid unknown"
         raise OutputBusy(
