@@ -17,6 +17,7 @@ from test_reliability_support import make_toy_coco, one_line_error, run_cli, toy
 from tests_helpers import reader_files
 
 from scone_data.runtime import faults
+from scone_data.shards.files import is_temporary
 from scone_data.shards.validate import validate_output
 
 
@@ -41,13 +42,13 @@ def test_hostile_second_run_into_a_busy_output_is_refused(tmp_path, capsys):
     )
     try:
         _wait_stopped(first.pid)
-        pending = sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith(".tmp-"))
+        pending = sorted(p.name for p in (out / "shards").iterdir() if is_temporary(p.name))
         assert pending, "the first run should be holding a temporary"
         for argv in (["build", yml], ["build", yml, "--overwrite"], ["regen", ref, out]):
             code, err = run_cli(argv, capsys)
             line = one_line_error(err)
             assert code == 2 and f"pid {first.pid}" in line and "in use" in line, line
-        assert sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith(".tmp-")) == pending
+        assert sorted(p.name for p in (out / "shards").iterdir() if is_temporary(p.name)) == pending
     finally:
         os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=300)

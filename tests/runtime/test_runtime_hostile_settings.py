@@ -86,7 +86,7 @@ def test_hostile_exponent_numbers_are_accepted_where_they_fit(repo_root, tmp_pat
     assert load_config(p)["pairs"]["min_subject_area_frac"] == 0.001
 
 
-def test_hostile_bool_is_not_an_int(tmp_path):
+def test_hostile_bool_is_not_an_int():
     problems: list[str] = []
     assert (
         build_dataclass(RuntimeSettings, "runtime", {"unit_size": True, "cpu_workers": 1.0}, problems) is None
