@@ -205,8 +205,9 @@ def test_a_mask_bleeding_into_a_neighbour_gives_the_pixels_back_or_is_rejected()
 
 
 def test_rejects_keep_label_and_box():
-    _, dropped = _filter([_subject("speck", _disc(20, 20, 1))])
-    assert dropped == [{"label": "speck", "reason": "too_small", "detail": dropped[0]["detail"],
+    speck = _disc(20, 20, 1)
+    _, dropped = _filter([_subject("speck", speck)])
+    assert dropped == [{"label": "speck", "reason": "too_small", "detail": f"area_frac {speck.sum() / (H * W):.4f}",
                         "box_xyxy": [19.0, 19.0, 22.0, 22.0]}]  # fmt: skip
 
 
