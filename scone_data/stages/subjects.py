@@ -194,9 +194,7 @@ class SubjectFilter(Stage):
     max_rect_fill: float = 0.97  # a mask filling this much of its own bounding rectangle is a box
     min_box_fill: float = 0.25  # GrabCut masks under a quarter of their box were a part or background
     thin_span: float = 0.8  # a thin object's mask reaches across this share of its box both ways ...
-    thin_rect_fill: float = (
-        0.3  # ... and fills this much of its rotated rectangle (spoon 0.35-0.5, an L of box edges 0.15)
-    )
+    thin_rect_fill: float = 0.3  # ... and fills this much of its rotated rect (spoon 0.35-0.5, edge L 0.15)
     min_component_share: float = 0.75  # a mask whose largest piece holds less is in pieces
     max_foreign_share: float = 0.3  # more of the mask claimed by a larger neighbour's mask: trimmed off
     max_bleed_share: float = 0.5  # more than this claimed by larger neighbours: the mask is theirs, rejected
