@@ -41,6 +41,13 @@ PLAIN_RGB = (
 )
 
 
+# A light subject (its top colour one of LIGHT_COLORS) is never put on a background whose mean grey is above
+# LIGHT_BACKGROUND: it gets CONTRAST_RGB, a mid-dark grey (a neutral, so colour names still read true).
+LIGHT_COLORS = frozenset({"white", "beige"})
+LIGHT_BACKGROUND = 180
+CONTRAST_RGB = (96, 96, 96)
+
+
 # A group reference compares the target's subject with at most this many same-label subjects of its group
 # (a random sample): it bounds the pixels loaded per draw when a group is a long video.
 GROUP_SCAN = 16
@@ -229,8 +236,12 @@ class TaskPlanner:
             feather_px=round(rng.uniform(0, cfg.feather_max_px), 3),
         )
 
-    def _background(self, rng: random.Random) -> tuple:
-        return (rng.choice(self.cfg.backgrounds), rng.choice(PLAIN_RGB))
+    def _background(self, rng: random.Random, subs: list[BankSubject]) -> tuple:
+        kind, rgb = rng.choice(self.cfg.backgrounds), rng.choice(PLAIN_RGB)
+        # a white napkin on a white background is no reference at all (seen on the truth photos)
+        if sum(rgb) / 3 > LIGHT_BACKGROUND and any(b.colors and b.colors[0][0] in LIGHT_COLORS for b in subs):
+            rgb = CONTRAST_RGB
+        return kind, rgb
 
     def _placed(
         self, b: BankSubject, box, scale: float, intended: bool, flip: bool, **warp
@@ -261,7 +272,7 @@ class TaskPlanner:
         use_color = word is not None and rng.random() < COLOR_IN_NAME_PROB
         phrase = ex.phrase(((("color", word),) if use_color else ()), b.label)
         ref = ReferencePlan(
-            "cutout", side, side, (cand,), None, (), self._background(rng), **self._finish(rng)
+            "cutout", side, side, (cand,), None, (), self._background(rng, [b]), **self._finish(rng)
         )
         return ref, phrase
 
@@ -279,7 +290,7 @@ class TaskPlanner:
             # the intended subject is warped like a cutout, so it is not a pixel copy of the target's
             rot, persp = layout.draw_warp(rng, self.cfg) if b is intended else (0.0, ())
             cands.append(self._placed(b, box, scale, b is intended, flip, rotate_deg=rot, perspective=persp))
-        return cands, side, side, dict(background=self._background(rng))
+        return cands, side, side, dict(background=self._background(rng, subs))
 
     def _cross(self, b: BankSubject, subs: list[BankSubject], rng: random.Random):
         cfg = self.cfg

@@ -214,3 +214,24 @@ def test_validate_names_every_bad_field(bank):
     assert PairConfig().validate() == []
     with pytest.raises(ValueError, match="val_fraction"):
         plan_samples(bank[0], bank[1], bad)
+
+
+def test_light_subjects_never_get_a_light_background():
+    """A white napkin on a white canvas is no reference (seen on the truth photos)."""
+    img = np.full((200, 300, 3), 60, np.uint8)
+    img[40:160, 40:140] = (250, 250, 250)  # a white subject
+    img[40:160, 180:280] = (30, 60, 220)  # a blue one
+    subjects = [
+        subject_record("lights", 0, "napkin", (40, 40, 140, 160), img, "ellipse"),
+        subject_record("lights", 1, "cup", (180, 40, 280, 160), img, "ellipse"),
+    ]
+    assert subjects[0]["attributes"]["colors"][0]["name"] == "white"
+    images = {"lights": image_record("lights", img)}
+    plans, _ = plan_samples(subjects, images, cfg(num_samples=12, task_mix={"composition_single": 1.0},
+                                                  max_samples_per_image=0))  # fmt: skip
+    seen = {"napkin": set(), "cup": set()}
+    for p in plans:
+        for r in p.references:
+            seen[r.candidates[0].label].add(sum(r.background[1]) / 3)
+    assert seen["napkin"] and max(seen["napkin"]) <= 180
+    assert max(seen["cup"]) > 180  # the others still get the whole palette
