@@ -38,6 +38,9 @@ Subject reject reasons, in the order they are reported (settings and defaults in
 - ``mask_bleeds``: more than ``max_bleed_share`` (0.5) of the mask was claimed by larger
   neighbours' masks (as above): the mask is mostly a neighbour, e.g. a "person" that is mostly a bus
   wheel. It takes no pixels from anyone.
+- ``mask_covers_subject``: more than ``max_hidden_share`` (0.15) of the mask lies inside the boxes of
+  smaller, non-part subjects whose masks took no pixels (no mask, a box fallback, a bleeder): the
+  cut-out would carry them, e.g. a bus with the pedestrians in front of it.
 - ``too_many_subjects``: past ``max_subjects`` (32) kept in one image.
 
 Each dropped subject keeps ``label``, ``box_xyxy`` (its input box) and a ``detail`` with the number
@@ -199,13 +202,15 @@ class SubjectFilter(Stage):
     max_foreign_share: float = 0.3  # more of the mask claimed by a larger neighbour's mask: trimmed off
     max_bleed_share: float = 0.5  # more than this claimed by larger neighbours: the mask is theirs, rejected
     nest_share: float = 0.9  # a box this much inside a neighbour's box is a part or occluder of it
+    max_hidden_share: float = 0.15  # more of the mask inside smaller unresolved subjects' boxes: rejected
 
     def validate(self) -> list[str]:
         errs = []
         if not 0 <= self.min_area_frac < self.max_area_frac <= 1:
             errs.append("subjects.min_area_frac/max_area_frac: need 0 <= min < max <= 1")
         for f in ("min_det_score", "min_mask_score", "min_stability", "min_box_fill", "thin_span",
-                  "thin_rect_fill", "min_component_share", "max_foreign_share", "max_bleed_share"):  # fmt: skip
+                  "thin_rect_fill", "min_component_share", "max_foreign_share", "max_bleed_share",
+                  "max_hidden_share"):  # fmt: skip
             if not 0 <= getattr(self, f) <= 1:
                 errs.append(f"subjects.{f}: must be in [0, 1]")
         # at or below 0.5 a disc (pi/4 of its square) or a diamond (1/2) would read as a box
@@ -282,6 +287,23 @@ class SubjectFilter(Stage):
                 over.append(j)
         return total, over
 
+    def _carries(self, k: int, c: Crop, subjects: list, boxes: list, resolved: set[int]):
+        """``("mask_covers_subject", detail)`` when more than ``max_hidden_share`` of ``c`` lies inside the
+        boxes of smaller, non-part subjects whose masks took no pixels (no mask, a box fallback, a bleeder):
+        the cut-out would carry them (a bus cut-out with the pedestrians in front of it)."""
+        own = _box_area(boxes[k])
+        inside = np.zeros_like(c.m)
+        for j, s in enumerate(subjects):
+            if j == k or j in resolved or is_part(s.get("label", "")) or _box_area(boxes[j]) >= own:
+                continue
+            win = c.window(*boxes[j])
+            if win is not None:
+                inside[win] = True
+        share = float((inside & c.m).sum()) / max(1, c.area)
+        if share > self.max_hidden_share:
+            return "mask_covers_subject", f"{share:.3f} of it inside other subjects' boxes"
+        return None
+
     def _gate(self, c: Crop, box: tuple[int, int, int, int]) -> tuple[str, str] | None:
         """Box fill and pieces of a resolved mask ``c`` (module docstring)."""
         fill = c.area / max(1, _box_area(box))
@@ -352,6 +374,8 @@ class SubjectFilter(Stage):
                 why[k] = self._gate(crops[k], boxes[k])
             if why[k] is None and k in bleeds:
                 why[k] = ("mask_bleeds", bleeds[k])
+            if why[k] is None:
+                why[k] = self._carries(k, crops[k], subjects, boxes, takers)
             if why[k] is None and len(kept) >= self.max_subjects:
                 why[k] = ("too_many_subjects", "")
             if why[k] is None:

@@ -26,7 +26,7 @@ def truth_build(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("truth_build")
     cfg = load_config(
         repo_root / "pipelines/demo.yaml",
-        [f"output={out}", "runtime.executor=local", "runtime.progress=false", "pairs.samples_per_image=8",
+        [f"output={out}", "runtime.executor=local", "runtime.progress=false", "pairs.samples_per_image=16",
          "pairs.crop_prob=1.0", "pairs.max_samples_per_image=0"],
     )  # fmt: skip
     cfg["sources"] = [

@@ -195,7 +195,9 @@ def test_a_mask_bleeding_into_a_neighbour_gives_the_pixels_back_or_is_rejected()
     assert np.array_equal(rle_to_mask(kept[1]["mask_rle"]), right)  # and nothing carved out of the neighbour
     # a mask that is mostly its neighbour (a "person" that is mostly a bus wheel) is rejected
     wheel = _disc(50, 60, 8) | (right & (xx < 100))
-    kept, dropped = _filter([_subject("person", wheel, box=[40, 20, 100, 100]), _subject("bus", right)])
+    pair = [_subject("person", wheel, box=[40, 20, 100, 100]), _subject("bus", right)]
+    # (the bus itself then carries the annotated person: see the mask_covers_subject test; off here)
+    kept, dropped = _filter(pair, max_hidden_share=1.0)
     assert [(d["label"], d["reason"]) for d in dropped] == [("person", "mask_bleeds")]
     assert dropped[0]["box_xyxy"] == [40, 20, 100, 100]
     assert len(kept) == 1 and np.array_equal(rle_to_mask(kept[0]["mask_rle"]), right)
@@ -244,3 +246,22 @@ def test_subject_rejects_reach_the_bank_with_their_boxes(tmp_path):
     pq.write_table(old, part)
     assert bank.rejected_subjects() == []
     assert schemas.from_table("reject", old)[0]["reason"] == "subject_mask_is_box"
+
+
+def test_a_mask_carrying_unresolved_smaller_subjects_is_rejected():
+    """The truth photos' bus cut-out carried the pedestrians in front of it: their masks were box
+    fallbacks and took no pixels, so the bus mask kept them; it is rejected, the pedestrians' own
+    reason stands, and a subject without such neighbours is kept."""
+    yy, xx = np.mgrid[:H, :W]
+    bus = ((xx - 80) / 70) ** 2 + ((yy - 65) / 45) ** 2 <= 1  # an oval: a shape, not a box
+    walkers = [np.zeros((H, W), bool) for _ in range(2)]
+    walkers[0][40:110, 30:60] = True  # box-shaped masks: rejected as boxes, they take no pixels
+    walkers[1][40:110, 90:120] = True
+    subjects = [_subject("bus", bus)] + [_subject("person", m) for m in walkers]
+    kept, dropped = _filter(subjects)
+    assert kept == []
+    assert sorted(d["reason"] for d in dropped) == ["mask_covers_subject", "mask_is_box", "mask_is_box"]
+    covers = next(d for d in dropped if d["reason"] == "mask_covers_subject")
+    assert covers["label"] == "bus" and float(covers["detail"].split()[0]) > 0.15
+    kept, dropped = _filter([_subject("bus", bus)])  # alone, the same bus is a subject
+    assert len(kept) == 1 and dropped == []
