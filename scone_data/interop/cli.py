@@ -24,7 +24,10 @@ def _run(command: str, args, work: Callable[[Reporter], dict[str, Any]], title: 
         rep.fail(str(e))
         print(f"error: {e}", file=sys.stderr)
         return e.code
+    snippet = counts.pop("snippet", None)
     rep.summary(title, counts)
+    if snippet:
+        print(f"\nTo train Scone on it, paste (also written to {args.dest}):\n\n{snippet}", end="")
     return 0
 
 
@@ -41,11 +44,18 @@ def cmd_export(args) -> int:
                 rows_per_row_group=args.rows_per_row_group,
                 dataset_name=args.dataset_name,
                 data_dir=args.data_dir,
+                world_size=args.world_size,
+                workers=args.workers,
                 overwrite=args.overwrite,
                 reporter=rep,
             )
         return export.export_sconeeval_jsonl(
-            args.output, args.dest, split=args.split or "val", overwrite=args.overwrite, reporter=rep
+            args.output,
+            args.dest,
+            split=args.split or "val",
+            allow_missing=args.allow_missing,
+            overwrite=args.overwrite,
+            reporter=rep,
         )
 
     return _run("export", args, work, f"export {args.format}: {args.dest}")
@@ -109,10 +119,27 @@ def add_interop_parsers(subparsers) -> None:
     e.add_argument("dest", help="directory to write (must be empty unless --overwrite)")
     e.add_argument("--format", required=True, choices=["scone-parquet", "sconeeval-jsonl"])
     e.add_argument("--split", choices=["train", "val", "all"], help="default: train (parquet), val (jsonl)")
-    e.add_argument("--rows-per-file", type=int, default=export.DEFAULT_ROWS_PER_FILE)
-    e.add_argument("--rows-per-row-group", type=int, default=export.DEFAULT_ROWS_PER_ROW_GROUP)
+    e.add_argument("--rows-per-file", type=int, default=export.DEFAULT_ROWS_PER_FILE, help="at most")
+    e.add_argument(
+        "--rows-per-row-group", type=int, default=export.DEFAULT_ROWS_PER_ROW_GROUP, help="at most"
+    )
     e.add_argument("--dataset-name", default="scone_data", help="name under parquet_data/ and parquet_info/")
-    e.add_argument("--data-dir", help="data_dir as the training job will see it (keys of parquet_info)")
+    e.add_argument(
+        "--data-dir",
+        help="DEST as the training job will see it (a path or URI); every path written starts with it",
+    )
+    e.add_argument(
+        "--world-size",
+        type=int,
+        default=export.DEFAULT_WORLD_SIZE,
+        help="GPUs of the Scone run: row groups are cut so that every rank and worker gets work",
+    )
+    e.add_argument("--workers", type=int, default=export.DEFAULT_WORKERS, help="data workers per GPU")
+    e.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="sconeeval-jsonl: export even when a task type is missing (warns)",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace DEST (an earlier export of ours)")
     _common(e)
     e.set_defaults(fn=cmd_export)

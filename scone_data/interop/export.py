@@ -7,12 +7,17 @@
                                                task (ignored by Scone's loader, kept for tracing)
   DEST/parquet_info/NAME.json                  {"<data_dir>/part-00000.parquet": {"num_row_groups": N,
                                                                                   "num_rows": M}, ...}
-  DEST/dataset_info.json                       the DATASET_INFO['s2i'][NAME] entry to paste into
-                                               Scone's data/dataset_info.py
+  DEST/dataset_info.json                       the DATASET_INFO['s2i'][NAME] entry as JSON
+  DEST/scone_dataset_info.py                   the same entry as text to paste into Scone's
+                                               data/dataset_info.py
+  DEST/scone_data_config.yaml                  the s2i group of a Scone data config, with the
+                                               num_used_data the row-group layout needs
 
 BAGEL's ``ParquetStandardIterableDataset`` looks each file up in parquet_info under
-``os.path.join(data_dir, file_name)``, so the keys use ``data_dir`` exactly as given (``--data-dir``,
-default: the absolute local path); the same string must go into dataset_info.py.
+``os.path.join(data_dir, file_name)``: a ``data_dir`` that differs from the keys gives no work at all.
+So every path written (the keys, ``data_dir``, ``parquet_info_path``) starts with ``--data-dir``, DEST
+as the training job will see it (default: DEST's absolute local path). Row groups are cut for Scone's
+rank/worker split (:mod:`scone_data.interop.scone_layout`).
 
 ``sconeeval-jsonl`` (what SconeEval's ``test_score.py`` reads, ``--test_data DEST/data.jsonl
 --test_image_dir DEST``): one line per sample with ``key``, ``task_type``, ``instruction``,
@@ -25,8 +30,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-from collections.abc import Iterable, Iterator
+import posixpath
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,8 +39,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scone_data.interop.reader import InteropError, claim_folder, count_samples, iter_samples, load_manifest
+from scone_data import schemas
+from scone_data.interop.reader import (
+    InteropError,
+    claim_folder,
+    count_samples,
+    iter_samples,
+    load_manifest,
+    task_counts,
+)
 from scone_data.interop.report import Reporter
+from scone_data.interop.scone_layout import (
+    DEFAULT_WORKERS,
+    DEFAULT_WORLD_SIZE,
+    dataset_info_entry,
+    plan_layout,
+    scone_paths,
+    yaml_group,
+)
 from scone_data.runtime.outdir import EXPORT_MARKER
 from scone_data.shards.files import atomic_open, write_bytes, write_json
 
@@ -44,6 +65,9 @@ DEFAULT_ROWS_PER_FILE = 1000
 # A row group is the unit BAGEL's loader spreads over ranks/workers and loads whole into pandas:
 # 64 samples of ~3-4 images at 100-300 KB each is ~20-80 MB in memory per worker.
 DEFAULT_ROWS_PER_ROW_GROUP = 64
+# Beside the files: what a Scone user pastes into data/dataset_info.py and a data/configs/*.yaml.
+SNIPPET_PY = "scone_dataset_info.py"
+SNIPPET_YAML = "scone_data_config.yaml"
 
 SCONE_SCHEMA = pa.schema(
     [
@@ -67,17 +91,6 @@ def _owned_dest(output: Path, dest: Path, fmt: str, overwrite: bool) -> Iterator
 
 def _split_arg(split: str) -> str | None:
     return None if split == "all" else split
-
-
-def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for x in items:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _scone_row(rec: dict[str, Any], members: dict[str, bytes]) -> dict[str, Any]:
@@ -109,10 +122,18 @@ def export_scone_parquet(
     rows_per_row_group: int = DEFAULT_ROWS_PER_ROW_GROUP,
     dataset_name: str = "scone_data",
     data_dir: str | None = None,
+    world_size: int = DEFAULT_WORLD_SIZE,
+    workers: int = DEFAULT_WORKERS,
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Write ``output``'s samples of ``split`` ("all" for every split) as Scone parquet; returns counts."""
+    """Write ``output``'s samples of ``split`` ("all" for every split) as Scone parquet; returns counts.
+
+    ``rows_per_file`` and ``rows_per_row_group`` are upper bounds: the row groups are cut for
+    ``world_size`` x ``workers`` (:func:`scone_layout.plan_layout`). ``data_dir``: DEST as the training
+    job will see it (default: DEST's absolute local path); every path written is under it. Also
+    writes ``DEST/scone_dataset_info.py`` and ``DEST/scone_data_config.yaml``, the text a Scone user
+    pastes in (returned as ``counts["snippet"]``)."""
     problems = []
     if rows_per_file < 1:
         problems.append(f"rows_per_file must be >= 1, got {rows_per_file}")
@@ -120,24 +141,24 @@ def export_scone_parquet(
         problems.append(f"rows_per_row_group must be in 1..rows_per_file, got {rows_per_row_group}")
     if not dataset_name or "/" in dataset_name:
         problems.append(f"dataset_name must be a plain name, got {dataset_name!r}")
+    if world_size < 1 or workers < 1:
+        problems.append(f"world_size and workers must be >= 1, got {world_size} and {workers}")
     if problems:
         raise InteropError("; ".join(problems), code=2)
     reporter, manifest, total = _begin(output, split, reporter)
+    layout = plan_layout(total, world_size, workers, rows_per_row_group, rows_per_file)
     with _owned_dest(Path(output), Path(dest), "scone-parquet", overwrite) as dest:
         local_dir = dest / "parquet_data" / dataset_name
         local_dir.mkdir(parents=True)
-        data_dir = data_dir if data_dir is not None else str(local_dir.resolve())
+        data_dir, info_key_path = scone_paths(data_dir or str(dest.resolve()), dataset_name)
 
         info: dict[str, dict[str, int]] = {}
         tasks: dict[str, int] = {}
         reporter.start(format="scone-parquet", output=str(output), dest=str(dest), split=split, samples=total)
         samples = iter_samples(output, _split_arg(split), manifest=manifest)
         with reporter.phase(total, "export samples") as bar:
-            while (head := next(samples, None)) is not None:
-                # Lazy: only one row group of samples is in memory at a time, whatever rows_per_file is.
-                chunk = itertools.chain([head], itertools.islice(samples, rows_per_file - 1))
+            for groups in layout.files:
                 name = f"part-{len(info):05d}.parquet"
-                groups = rows = 0
                 with atomic_open(local_dir / name) as f:
                     # No statistics on the image list: min/max of JPEG bytes would only bloat the footer.
                     writer = pq.ParquetWriter(
@@ -146,40 +167,38 @@ def export_scone_parquet(
                         compression={"image": "none", "instruction": "zstd", "key": "zstd", "task": "zstd"},
                         write_statistics=["instruction", "key", "task"],
                     )
-                    for group in _batched(chunk, rows_per_row_group):
+                    for size in groups:  # only one row group of samples is in memory at a time
+                        group = list(itertools.islice(samples, size))
                         writer.write_table(
                             pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
                         )
-                        groups += 1
-                        rows += len(group)
                         for rec, _ in group:
                             tasks[rec["task"]] = tasks.get(rec["task"], 0) + 1
                         bar.update(len(group))
                     writer.close()
-                info[os.path.join(data_dir, name)] = {"num_row_groups": groups, "num_rows": rows}
-        info_path = dest / "parquet_info" / f"{dataset_name}.json"
-        write_json(info_path, info)
-        n = sum(v["num_rows"] for v in info.values())
-        write_json(
-            dest / "dataset_info.json",
-            {
-                "s2i": {
-                    dataset_name: {
-                        "data_dir": data_dir,
-                        "num_files": len(info),
-                        "num_total_samples": n,
-                        "parquet_info_path": str(info_path.resolve()),
-                    }
+                info[posixpath.join(data_dir, name)] = {
+                    "num_row_groups": len(groups),
+                    "num_rows": sum(groups),
                 }
-            },
+        write_json(dest / "parquet_info" / f"{dataset_name}.json", info)
+        n = sum(v["num_rows"] for v in info.values())
+        entry = {"data_dir": data_dir, "num_files": len(info), "num_total_samples": n}
+        write_json(
+            dest / "dataset_info.json", {"s2i": {dataset_name: {**entry, "parquet_info_path": info_key_path}}}
         )
+        py = dataset_info_entry(dataset_name, data_dir, len(info), n, info_key_path) + "\n"
+        yml = yaml_group(dataset_name, layout, world_size, workers) + "\n"
+        write_bytes(dest / SNIPPET_PY, py.encode())
+        write_bytes(dest / SNIPPET_YAML, yml.encode())
         return {
             "format": "scone-parquet",
             "dest": str(dest),
             "samples": n,
             "files": len(info),
-            "row_groups": sum(v["num_row_groups"] for v in info.values()),
+            "row_groups": layout.row_groups,
+            "row groups Scone reads": f"{layout.units()} ({world_size} ranks x {workers} workers)",
             "tasks": dict(sorted(tasks.items())),
+            "snippet": py + "\n" + yml,
         }
 
 
@@ -235,13 +254,29 @@ def export_sconeeval_jsonl(
     output: str | Path,
     dest: str | Path,
     split: str = "val",
+    allow_missing: bool = False,
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Write ``output``'s samples of ``split`` as SconeEval's data.jsonl + images; returns counts."""
+    """Write ``output``'s samples of ``split`` as SconeEval's data.jsonl + images; returns counts.
+
+    SconeEval's statistics script reports per task type and fails when one of the six is absent, so
+    an export missing a type is refused before anything is written; ``allow_missing`` exports anyway
+    with a warning (and lists the missing types in the counts)."""
     reporter, manifest, total = _begin(output, split, reporter)
+    have = task_counts(output, _split_arg(split), manifest)
+    missing = [t for t in schemas.tasks() if not have.get(t)]
+    if missing:
+        why = (
+            f"split {split!r} of {output} has no {', '.join(missing)} sample: SconeEval's statistics "
+            "script needs all six task types"
+        )
+        if not allow_missing:
+            raise InteropError(f"{why} (--allow-missing exports it anyway)")
+        reporter.warn(f"{why}; exporting anyway (--allow-missing)")
     with _owned_dest(Path(output), Path(dest), "sconeeval-jsonl", overwrite) as dest:
-        return _write_sconeeval(output, dest, split, reporter, manifest, total)
+        counts = _write_sconeeval(output, dest, split, reporter, manifest, total)
+    return counts | ({"missing tasks": missing} if missing else {})
 
 
 def _write_sconeeval(

@@ -90,6 +90,23 @@ def count_samples(
     return n
 
 
+def task_counts(
+    output: str | Path, split: str | None = None, manifest: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Samples per task of ``split`` (None: all), from the shards' parquet indexes (no tar is read)."""
+    out: dict[str, int] = {}
+    for tar in shard_paths(output, manifest):
+        idx = tar.with_suffix(".parquet")
+        try:
+            t = pq.read_table(idx, columns=["task", "split"]).to_pydict()
+        except (pa.ArrowException, KeyError) as e:
+            raise _corrupt(idx, e) from None
+        for task, s in zip(t["task"], t["split"]):
+            if split is None or s == split:
+                out[task] = out.get(task, 0) + 1
+    return out
+
+
 def iter_samples(
     output: str | Path,
     split: str | None = None,

@@ -6,6 +6,8 @@ stderr carries one JSON object per line instead, each with ``event`` and ``comma
 - ``{"event": "start", "command": "export", ...settings}``: once, before any work.
 - ``{"event": "progress", "command": ..., "phase": "samples", "done": 40, "total": 120, "elapsed_s": 1.2}``:
   at most every :data:`PROGRESS_EVERY_S` seconds per phase, and always once when a phase ends.
+- ``{"event": "warning", "command": ..., "message": "..."}``: when the command goes on despite a
+  problem the user should know about (an export missing a task type with ``--allow-missing``).
 - ``{"event": "summary", "command": ..., "ok": true, "elapsed_s": 3.4, ...counts}``: once, at the end
   (also on failure, with ``ok: false`` and ``error``).
 
@@ -64,6 +66,14 @@ class Reporter:
         self.emit("summary", ok=ok, **counts)
         self.out.write(format_table(title, counts) + "\n")
         self.out.flush()
+
+    def warn(self, message: str) -> None:
+        """A warning: a ``warning`` event with ``--log-json``, else a ``warning: ...`` line on stderr."""
+        if self.log_json:
+            self.emit("warning", message=message)
+        else:
+            self.err.write(f"warning: {message}\n")
+            self.err.flush()
 
     def fail(self, error: str) -> None:
         self.emit("summary", ok=False, error=error)

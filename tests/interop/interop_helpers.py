@@ -28,3 +28,23 @@ def interop_parser() -> argparse.ArgumentParser:
 def run_cli(argv: list[str]) -> int:
     args = interop_parser().parse_args(argv)
     return args.fn(args)
+
+
+def tiny_output(out, n: int, split: str = "train"):
+    """An output folder of ``n`` tiny samples (tasks in turn through the six types) in one shard,
+    with the manifest the interop readers need; returns ``out``."""
+    from tests_helpers import make_sample
+
+    from scone_data import schemas
+    from scone_data.shards.files import write_json
+    from scone_data.shards.writer import ShardWriter
+
+    tasks = schemas.tasks()
+    w = ShardWriter(out / "shards", f"{split}-00000")
+    for i in range(n):
+        w.write(*make_sample(f"s{i:03d}", n_refs=1 + i % 2, task=tasks[i % len(tasks)], split=split))
+    st = w.close()
+    write_json(
+        out / "manifest.json", {"shards": [{k: st[k] for k in ("name", "samples", "bytes", "sha256")}]}
+    )
+    return out

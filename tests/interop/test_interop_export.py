@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
 
 import pyarrow.parquet as pq
 import pytest
-from interop_helpers import run_cli
+import yaml
+from interop_helpers import run_cli, tiny_output
 from PIL import Image
 
-from scone_data.interop.export import describe_candidates, export_scone_parquet
+from scone_data.interop.export import describe_candidates, export_scone_parquet, export_sconeeval_jsonl
 from scone_data.interop.reader import InteropError, iter_samples
 
 
@@ -30,7 +32,9 @@ def _scone_loader_rows(data_dir: str, parquet_info: dict):
 
 def test_scone_parquet_matches_the_loader(demo_output, tmp_path):
     dest = tmp_path / "scone"
-    counts = export_scone_parquet(demo_output, dest, split="all", rows_per_file=7, rows_per_row_group=3)
+    counts = export_scone_parquet(
+        demo_output, dest, split="all", rows_per_file=7, rows_per_row_group=3, world_size=1, workers=1
+    )
     data_dir = str((dest / "parquet_data" / "scone_data").resolve())
     info = json.loads((dest / "parquet_info" / "scone_data.json").read_text())
     samples = list(iter_samples(demo_output))
@@ -56,36 +60,105 @@ def test_scone_parquet_matches_the_loader(demo_output, tmp_path):
     assert (
         ds_info["num_total_samples"] == 18 and ds_info["num_files"] == 3 and ds_info["data_dir"] == data_dir
     )
+    assert ds_info["parquet_info_path"] == str((dest / "parquet_info" / "scone_data.json").resolve())
 
 
-def test_scone_parquet_data_dir_and_settings(demo_output, tmp_path):
-    counts = export_scone_parquet(
-        demo_output, tmp_path / "a", data_dir="/cluster/sets/mine", dataset_name="mine"
+def _scone_units(snippet: str, world_size: int, workers: int) -> list[list[list[tuple[str, int]]]]:
+    """What Scone does with the pasted text: the dataset_info.py entry and the YAML group loaded, the
+    files of data_dir cycled to num_used_data (BAGEL's get_parquet_data_paths), one unit per row group
+    found in parquet_info, ``units // world_size`` per rank, ``per_rank // workers`` per worker.
+    Returns ``units[rank][worker]``."""
+    py, yml = snippet.split("\ns2i:")
+    (entry,) = ast.literal_eval("{\n" + py + "\n}").values()
+    group = yaml.safe_load("s2i:" + yml)["s2i"]
+    info = json.loads(open(entry["parquet_info_path"]).read())
+    files = [
+        os.path.join(entry["data_dir"], n) for n in os.listdir(entry["data_dir"]) if n.endswith(".parquet")
+    ]
+    (used,) = group["num_used_data"]
+    paths = (files * (used // len(files) + 1))[:used]
+    units = [(p, rg) for p in paths if p in info for rg in range(info[p]["num_row_groups"])]
+    per_rank = len(units) // world_size
+    per_worker = per_rank // workers
+    ranks = [units[r * per_rank : (r + 1) * per_rank] for r in range(world_size)]
+    return [[rank[w * per_worker : (w + 1) * per_worker] for w in range(workers)] for rank in ranks]
+
+
+@pytest.mark.parametrize("n, world_size, workers", [(17, 8, 3), (61, 2, 3)])
+def test_scone_parquet_every_rank_and_worker_gets_work(tmp_path, capsys, n, world_size, workers):
+    out = tiny_output(tmp_path / "out", n)
+    dest = tmp_path / "scone"
+    argv = ["export", str(out), str(dest), "--format", "scone-parquet", "--no-progress"]
+    argv += ["--world-size", str(world_size), "--workers", str(workers), "--rows-per-row-group", "4"]
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    snippet = printed[printed.index("# data/dataset_info.py") :]
+    assert (
+        snippet
+        == (dest / "scone_dataset_info.py").read_text() + "\n" + (dest / "scone_data_config.yaml").read_text()
     )
-    info = json.loads((tmp_path / "a" / "parquet_info" / "mine.json").read_text())
-    assert list(info) == ["/cluster/sets/mine/part-00000.parquet"]
-    assert counts["samples"] == sum(v["num_rows"] for v in info.values()) < 18  # train split only
+    units = _scone_units(snippet, world_size, workers)
+    assert sum(len(w) for r in units for w in r) >= world_size * workers
+    assert all(w for rank in units for w in rank)  # no rank, no worker without work
+    read = []
+    for path, rg in {u for rank in units for w in rank for u in w}:
+        read += pq.ParquetFile(path).read_row_group(rg, columns=["key"]).column("key").to_pylist()
+    assert sorted(set(read)) == [f"s{i:03d}" for i in range(n)]  # every sample is read
+    sizes = [pq.ParquetFile(p).metadata.row_group(rg).num_rows for rank in units for w in rank for p, rg in w]
+    assert max(sizes) <= 4
+
+
+def test_scone_parquet_data_dir_and_settings(tmp_path):
+    out = tiny_output(tmp_path / "out", 5)
+    for given in (
+        "hdfs://cluster/sets",
+        "hdfs://cluster/sets/parquet_data/mine/",
+    ):  # DEST, or Scone's data_dir
+        dest = tmp_path / given[-5:].strip("/")
+        export_scone_parquet(out, dest, data_dir=given, dataset_name="mine", world_size=1, workers=1)
+        info = json.loads((dest / "parquet_info" / "mine.json").read_text())
+        assert list(info) == ["hdfs://cluster/sets/parquet_data/mine/part-00000.parquet"]
+        entry = json.loads((dest / "dataset_info.json").read_text())["s2i"]["mine"]
+        assert entry["data_dir"] == "hdfs://cluster/sets/parquet_data/mine"
+        assert entry["parquet_info_path"] == "hdfs://cluster/sets/parquet_info/mine.json"
+        assert (
+            "'parquet_info_path': 'hdfs://cluster/sets/parquet_info/mine.json',"
+            in (dest / "scone_dataset_info.py").read_text()
+        )
     with pytest.raises(InteropError) as e:
-        export_scone_parquet(demo_output, tmp_path / "b", rows_per_file=4, rows_per_row_group=5)
+        export_scone_parquet(out, tmp_path / "b", rows_per_file=4, rows_per_row_group=5)
     assert e.value.code == 2 and not (tmp_path / "b").exists()
     with pytest.raises(InteropError) as e:
-        export_scone_parquet(demo_output, tmp_path / "a")  # not empty, no overwrite
+        export_scone_parquet(out, tmp_path / "b", workers=0)
+    assert e.value.code == 2 and "workers" in str(e.value)
+    with pytest.raises(InteropError) as e:
+        export_scone_parquet(out, dest)  # not empty, no overwrite
     assert e.value.code == 2
-    assert run_cli(["export", str(demo_output), str(tmp_path / "a"), "--format", "scone-parquet"]) == 2
+    assert run_cli(["export", str(out), str(dest), "--format", "scone-parquet"]) == 2
     assert (
         run_cli(["export", str(tmp_path / "nothing"), str(tmp_path / "c"), "--format", "scone-parquet"]) == 1
     )
 
 
+def test_sconeeval_refuses_a_missing_task_type(tmp_path, capsys):
+    out = tiny_output(tmp_path / "out", 5, split="val")  # distinction_multi_intra is missing
+    argv = ["export", str(out), str(tmp_path / "eval"), "--format", "sconeeval-jsonl", "--no-progress"]
+    assert run_cli(argv) == 1 and not (tmp_path / "eval").exists()
+    assert "distinction_multi_intra" in capsys.readouterr().err
+    counts = export_sconeeval_jsonl(tiny_output(tmp_path / "six", 6, split="val"), tmp_path / "e6")
+    assert counts["samples"] == 6 and "missing tasks" not in counts
+
+
 def test_sconeeval_jsonl(demo_output, tmp_path, capsys):
     dest = tmp_path / "eval"
-    assert (
-        run_cli(["export", str(demo_output), str(dest), "--format", "sconeeval-jsonl", "--no-progress"]) == 0
-    )
+    argv = ["export", str(demo_output), str(dest), "--format", "sconeeval-jsonl", "--no-progress"]
+    assert run_cli(argv + ["--allow-missing"]) == 0
     lines = [json.loads(x) for x in (dest / "data.jsonl").read_text().splitlines()]
     val = [rec for rec, _ in iter_samples(demo_output, "val", want_images=False)]
     assert len(lines) == len(val) > 0
-    assert "samples" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "samples" in cap.out and "missing tasks" in cap.out
+    assert "warning:" in cap.err and "--allow-missing" in cap.err
     for row, rec in zip(lines, val, strict=True):
         assert set(row) == {
             "key",
