@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from scone_data.interop.reader import InteropError
@@ -27,7 +28,8 @@ def _run(command: str, args, work: Callable[[Reporter], dict[str, Any]], title: 
     snippet = counts.pop("snippet", None)
     rep.summary(title, counts)
     if snippet:
-        print(f"\nTo train Scone on it, paste (also written to {args.dest}):\n\n{snippet}", end="")
+        where = Path(args.dest) / "parquet_info"
+        print(f"\nTo train Scone on it, paste (also written to {where}):\n\n{snippet}", end="")
     return 0
 
 

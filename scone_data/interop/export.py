@@ -7,11 +7,11 @@
                                                task (ignored by Scone's loader, kept for tracing)
   DEST/parquet_info/NAME.json                  {"<data_dir>/part-00000.parquet": {"num_row_groups": N,
                                                                                   "num_rows": M}, ...}
-  DEST/dataset_info.json                       the DATASET_INFO['s2i'][NAME] entry as JSON
-  DEST/scone_dataset_info.py                   the same entry as text to paste into Scone's
-                                               data/dataset_info.py
-  DEST/scone_data_config.yaml                  the s2i group of a Scone data config, with the
+  DEST/parquet_info/NAME.dataset_info.py       the DATASET_INFO['s2i'][NAME] entry to paste into
+                                               Scone's data/dataset_info.py
+  DEST/parquet_info/NAME.config.yaml           the s2i group of a Scone data config, with the
                                                num_used_data the row-group layout needs
+  DEST/dataset_info.json                       the same entry as JSON
 
 BAGEL's ``ParquetStandardIterableDataset`` looks each file up in parquet_info under
 ``os.path.join(data_dir, file_name)``: a ``data_dir`` that differs from the keys gives no work at all.
@@ -65,9 +65,10 @@ DEFAULT_ROWS_PER_FILE = 1000
 # A row group is the unit BAGEL's loader spreads over ranks/workers and loads whole into pandas:
 # 64 samples of ~3-4 images at 100-300 KB each is ~20-80 MB in memory per worker.
 DEFAULT_ROWS_PER_ROW_GROUP = 64
-# Beside the files: what a Scone user pastes into data/dataset_info.py and a data/configs/*.yaml.
-SNIPPET_PY = "scone_dataset_info.py"
-SNIPPET_YAML = "scone_data_config.yaml"
+# Beside parquet_info/NAME.json (DEST's top level holds only what --overwrite knows to replace):
+# what a Scone user pastes into data/dataset_info.py and into a data/configs/*.yaml.
+SNIPPET_PY = "{name}.dataset_info.py"
+SNIPPET_YAML = "{name}.config.yaml"
 
 SCONE_SCHEMA = pa.schema(
     [
@@ -132,8 +133,8 @@ def export_scone_parquet(
     ``rows_per_file`` and ``rows_per_row_group`` are upper bounds: the row groups are cut for
     ``world_size`` x ``workers`` (:func:`scone_layout.plan_layout`). ``data_dir``: DEST as the training
     job will see it (default: DEST's absolute local path); every path written is under it. Also
-    writes ``DEST/scone_dataset_info.py`` and ``DEST/scone_data_config.yaml``, the text a Scone user
-    pastes in (returned as ``counts["snippet"]``)."""
+    writes the text a Scone user pastes in beside ``parquet_info/NAME.json`` (returned as
+    ``counts["snippet"]``)."""
     problems = []
     if rows_per_file < 1:
         problems.append(f"rows_per_file must be >= 1, got {rows_per_file}")
@@ -188,8 +189,8 @@ def export_scone_parquet(
         )
         py = dataset_info_entry(dataset_name, data_dir, len(info), n, info_key_path) + "\n"
         yml = yaml_group(dataset_name, layout, world_size, workers) + "\n"
-        write_bytes(dest / SNIPPET_PY, py.encode())
-        write_bytes(dest / SNIPPET_YAML, yml.encode())
+        write_bytes(dest / "parquet_info" / SNIPPET_PY.format(name=dataset_name), py.encode())
+        write_bytes(dest / "parquet_info" / SNIPPET_YAML.format(name=dataset_name), yml.encode())
         return {
             "format": "scone-parquet",
             "dest": str(dest),

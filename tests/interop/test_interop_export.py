@@ -93,10 +93,9 @@ def test_scone_parquet_every_rank_and_worker_gets_work(tmp_path, capsys, n, worl
     assert run_cli(argv) == 0
     printed = capsys.readouterr().out
     snippet = printed[printed.index("# data/dataset_info.py") :]
-    assert (
-        snippet
-        == (dest / "scone_dataset_info.py").read_text() + "\n" + (dest / "scone_data_config.yaml").read_text()
-    )
+    info = dest / "parquet_info"
+    pasted = [(info / f"scone_data.{n}").read_text() for n in ("dataset_info.py", "config.yaml")]
+    assert snippet == "\n".join(pasted)
     units = _scone_units(snippet, world_size, workers)
     assert sum(len(w) for r in units for w in r) >= world_size * workers
     assert all(w for rank in units for w in rank)  # no rank, no worker without work
@@ -123,7 +122,7 @@ def test_scone_parquet_data_dir_and_settings(tmp_path):
         assert entry["parquet_info_path"] == "hdfs://cluster/sets/parquet_info/mine.json"
         assert (
             "'parquet_info_path': 'hdfs://cluster/sets/parquet_info/mine.json',"
-            in (dest / "scone_dataset_info.py").read_text()
+            in (dest / "parquet_info" / "mine.dataset_info.py").read_text()
         )
     with pytest.raises(InteropError) as e:
         export_scone_parquet(out, tmp_path / "b", rows_per_file=4, rows_per_row_group=5)
@@ -134,6 +133,7 @@ def test_scone_parquet_data_dir_and_settings(tmp_path):
     with pytest.raises(InteropError) as e:
         export_scone_parquet(out, dest)  # not empty, no overwrite
     assert e.value.code == 2
+    assert export_scone_parquet(out, dest, overwrite=True)["samples"] == 5  # an export of ours is replaced
     assert run_cli(["export", str(out), str(dest), "--format", "scone-parquet"]) == 2
     assert (
         run_cli(["export", str(tmp_path / "nothing"), str(tmp_path / "c"), "--format", "scone-parquet"]) == 1
