@@ -30,13 +30,14 @@ def copy_paste_histogram(scores: list[float]) -> list[tuple[str, int]]:
 def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
     reference histogram, references per sample, reference kinds and sources, targets (whole photo or
-    crop), the copy-paste score histogram, the bank's mask sources, caption coverage and licences
+    crop), instruction texts (templates, or woven from a caption and from which source), the copy-paste
+    score histogram, the bank's mask sources, caption coverage and licences
     (``bank``: {"mask_sources": Counter, "images": int, "captioned": int, "licenses": Counter}), and
     reject reasons (most frequent first).
 
     ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
     n = 0
-    tasks, splits, labels, cands, kinds, nrefs, targets, ref_sources = (Counter() for _ in range(8))
+    tasks, splits, labels, cands, kinds, nrefs, targets, ref_sources, texts = (Counter() for _ in range(9))
     scores: list[float] = []
     for r in records:
         n += 1
@@ -44,6 +45,8 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
         splits[r["split"]] += 1
         nrefs[len(r["references"])] += 1
         targets["crop of the source photo" if r["target"].get("crop_box") else "whole source photo"] += 1
+        cap = r.get("caption")
+        texts[f"woven from a caption of source {cap['source']!r}" if cap else "template"] += 1
         for ref in r["references"]:
             labels.update(ref["subject_label"])
             cands[len(ref["candidates"])] += 1
@@ -67,6 +70,12 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
     lines += ["(self: cut from the target's own photo; group: from another image of its group)", ""]
     lines += _table(("source", "references"), sorted(ref_sources.items()))
     lines += ["", "## Targets", ""] + _table(("target", "samples"), sorted(targets.items()))
+    lines += ["", "## Instruction text", ""]
+    lines += [
+        "(woven: a Scone-style scene sentence from the target photo's caption, the source recorded)",
+        "",
+    ]
+    lines += _table(("text", "samples"), sorted(texts.items()), n or None)
     lines += ["", "## Copy-paste score of references", ""]
     lines += [
         "(normalised cross-correlation of the intended subject with its target patch; 1.0 = a pixel copy)",

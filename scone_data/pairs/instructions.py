@@ -1,4 +1,5 @@
-"""Instruction templates: several phrasings per task type, the source caption woven in when it holds.
+"""Instruction templates: several phrasings per task type; a Scone-style scene sentence woven from the
+source caption where one holds (:mod:`scone_data.pairs.captions`).
 
 A template gets ``{subjects}``: each subject named once by its reference ("the dog from image 1 and the
 red mug from image 2"), ``{noun}`` (the label of a single intended subject) and ``{nouns}`` (its plural).
@@ -12,6 +13,9 @@ candidates are to be left out, since that is what the task teaches. The text che
 from __future__ import annotations
 
 import random
+import re
+
+from scone_data.pairs.captions import weave
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "composition_single": (
@@ -58,20 +62,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "composition": (
-        "{caption_cap}. Use {subjects}.",
-        "Generate an image that matches this description: {caption}. It must contain {subjects}.",
-    ),
-    "distinction": (
-        "{caption_cap}. Use only {subjects}.",
-        "Generate an image that matches this description: {caption}. Take only {subjects}.",
-    ),
-}
-
-# A caption longer than this is mostly detail the references cannot supply; it is left out.
-MAX_CAPTION_CHARS = 300
-
 _IRREGULAR = {
     "person": "people",
     "man": "men",
@@ -106,10 +96,14 @@ def plural(noun: str) -> str:
     return " ".join([*head, p])
 
 
+_POSITIONED = re.compile(r" (?:from|on|at) the (?:left|right|top|bottom)$| in the middle$")
+
+
 def name_subject(phrase: str, ref_index: int) -> str:
-    """``"the dog"``, 0 -> ``"the dog from image 1"``; ``"the second flag from the left"`` ->
-    ``"the second flag from the left in image 1"`` (no doubled "from"). References count from 1."""
-    joiner = "in" if " from the " in phrase else "from"
+    """``"the dog"``, 0 -> ``"the dog from image 1"``; a phrase that ends in a position says "in":
+    ``"the second flag from the left"`` -> ``"the second flag from the left in image 1"``, ``"the cup
+    at the top"`` -> ``"the cup at the top in image 1"`` (no doubled "from"). References count from 1."""
+    joiner = "in" if _POSITIONED.search(phrase) else "from"
     return f"{phrase} {joiner} image {ref_index + 1}"
 
 
@@ -120,16 +114,25 @@ def join_names(names: list[str]) -> str:
 
 
 def instruction(
-    task: str, names: list[str], labels: list[str], caption: str | None, rng: random.Random, cfg
-) -> str:
-    """The instruction text for one sample; ``names`` from :func:`name_subject` and the intended labels,
-    both in reference order; ``caption``: the target's own caption, or None."""
-    subjects = join_names(names)
-    cap = (caption or "").strip().rstrip(".")
+    task: str,
+    names: list[str],
+    labels: list[str],
+    caption: str | None,
+    rng: random.Random,
+    cfg,
+    other_labels: set[str] = frozenset(),
+) -> tuple[str, str | None]:
+    """``(text, why)`` for one sample: ``names`` from :func:`name_subject` and the intended labels, both
+    in reference order; ``caption``: the target's own caption, or None (a cropped target: the caption
+    describes the whole photo); ``other_labels``: labels of the candidates the references show and the
+    instruction does not want. ``why``: None when no caption was tried, ``""`` when the text is woven
+    from the caption (:func:`scone_data.pairs.captions.weave`), else the reason it could not be."""
     # Drawn whether or not there is a caption, so adding captions to a source keeps the other draws.
     use_caption = rng.random() < cfg.use_caption_prob
-    if cap and use_caption and len(cap) <= MAX_CAPTION_CHARS:
-        family = "composition" if task.startswith("composition") else "distinction"
-        t = rng.choice(CAPTION_TEMPLATES[family])
-        return t.format(subjects=subjects, caption=cap, caption_cap=cap[0].upper() + cap[1:])
-    return rng.choice(TEMPLATES[task]).format(subjects=subjects, noun=labels[0], nouns=plural(labels[0]))
+    why = None
+    if caption and caption.strip() and use_caption:
+        text, why = weave(caption, task, names, labels, other_labels, plural(labels[0]))
+        if text is not None:
+            return text, why
+    template = rng.choice(TEMPLATES[task])
+    return template.format(subjects=join_names(names), noun=labels[0], nouns=plural(labels[0])), why

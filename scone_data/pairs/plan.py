@@ -87,10 +87,14 @@ def plan_samples(
                 continue
             keys.add(key)
             labels = [t.label for t in targets]
-            text = planner.instruction(task, names, labels, image_id, crop is not None, random.Random(seed))
+            text, caption = planner.instruction(
+                task, names, labels, image_id, refs, crop is not None, random.Random(seed)
+            )
             split = bank.split_of_image(image_id)
             plans.append(
-                SamplePlan(key, task, split, image_id, tw, th, refs, targets, text, seed, crop, scene)
+                SamplePlan(
+                    key, task, split, image_id, tw, th, refs, targets, text, seed, crop, scene, caption
+                )
             )
             image_uses[image_id] += 1
             rejects.update(planner.notes)

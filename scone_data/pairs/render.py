@@ -92,6 +92,7 @@ def render_sample(
         "task": plan.task,
         "split": plan.split,
         "instruction": plan.instruction,
+        **({"caption": dict(plan.caption)} if plan.caption else {}),
         "references": refs,
         "target": {
             **({"crop_box": list(plan.target_crop)} if plan.target_crop is not None else {}),

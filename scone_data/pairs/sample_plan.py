@@ -79,3 +79,5 @@ class SamplePlan:
     # Every known instance of a named label in the target's source image, intended or not:
     # (subject_id or "" for a rejected subject, label, box in source pixels). The text checker reads it.
     scene: tuple[tuple[str, str, tuple[float, ...]], ...] = ()
+    # The caption the instruction is woven from (``{"text", "source"}``: the source's name), or None.
+    caption: dict | None = None

@@ -216,11 +216,27 @@ class TaskPlanner:
         return min(a.area, o.area) / max(a.area, o.area, 1.0)
 
     def instruction(
-        self, task: str, names: list[str], labels: list[str], image_id: str, cropped: bool, rng: random.Random
-    ) -> str:
+        self,
+        task: str,
+        names: list[str],
+        labels: list[str],
+        image_id: str,
+        refs,
+        cropped: bool,
+        rng: random.Random,
+    ) -> tuple[str, dict | None]:
+        """``(text, caption record or None)``; the record (``{"text", "source"}``: the caption and the
+        source it came from) when the text is woven from the target photo's caption."""
+        img = self.bank.images[image_id]
         # a caption describes the whole photo: a cropped target may no longer show what it says
-        caption = None if cropped else self.bank.images[image_id].get("caption")
-        return instruction(task, names, labels, caption, rng, self.cfg)
+        caption = None if cropped else img.get("caption")
+        others = {c.label for r in refs for c in r.candidates if not c.intended}
+        text, why = instruction(task, names, labels, caption, rng, self.cfg, others)
+        if why:
+            self.notes[f"caption_unused:{why}"] += 1
+        if why == "":
+            return text, {"text": caption.strip(), "source": img.get("source") or ""}
+        return text, None
 
     # ---- references ------------------------------------------------------------------------------------
     def _finish(self, rng: random.Random) -> dict:

@@ -34,6 +34,7 @@ SIDES = {"left", "right", "top", "bottom"}
 TARGET_MIN_WHOLE = 0.95
 
 _MENTION = re.compile(r"\b(from|in) image (\d+)\b")
+_THE = re.compile(r"\bthe ", re.I)
 _ANY_IMAGE = re.compile(r"\bimage (\d+)\b")
 _SLIPS = {
     "doubled_from": re.compile(r"\bfrom the (?:left|right|top|bottom) from image\b"),
@@ -42,18 +43,29 @@ _SLIPS = {
 _PRONOUN = re.compile(r"\b(?:it|its|itself)\b")
 
 
-def parse_mentions(text: str) -> list[tuple[int, str | None]]:
+def parse_mentions(text: str, labels: list[list[str]] | None = None) -> list[tuple[int, str | None]]:
     """``[(reference index from 0, noun phrase starting with "the " or None), ...]`` in text order; None
-    where "image N" follows no noun phrase ("out of everything in image 1")."""
+    where "image N" follows no noun phrase ("out of everything in image 1").
+
+    The phrase is the longest "the ..." before the mention within its clause; with ``labels`` (the
+    candidate labels of each reference), the longest that :func:`parse_phrase` understands, so that a
+    scene sentence ("... in front of the flag beside the cup from image 1") gives "the cup"."""
     out: list[tuple[int, str | None]] = []
     start = 0
     for m in _MENTION.finditer(text):
         seg = text[start : m.start()]
         start = m.end()
+        ref = int(m.group(2)) - 1
         # the phrase begins after the last clause break (punctuation or "and") before the mention
         seg = re.split(r"[.;:,!?]| and ", seg)[-1]
-        k = seg.find("the ")
-        out.append((int(m.group(2)) - 1, seg[k:].strip() if k >= 0 else None))
+        starts = [t.start() for t in _THE.finditer(seg)]
+        phrase = seg[starts[0] :].strip() if starts else None
+        if labels is not None and 0 <= ref < len(labels):
+            phrase = next(
+                (seg[k:].strip() for k in starts if parse_phrase(seg[k:].strip(), labels[ref]) is not None),
+                phrase,
+            )
+        out.append((ref, phrase))
     return out
 
 
@@ -202,7 +214,7 @@ def check_sample(record: dict, scene=(), max_copy_paste: float = 1.0) -> list[st
     text = record["instruction"]
     refs = record["references"]
     out: list[str] = []
-    mentions = parse_mentions(text)
+    mentions = parse_mentions(text, [[c["label"] for c in r["candidates"]] for r in refs])
     seen = [i for i, _ in mentions]
     if sorted(seen) != list(range(len(refs))) or len(_ANY_IMAGE.findall(text)) != len(refs):
         out.append("mention_count")

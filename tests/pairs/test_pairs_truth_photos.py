@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scone_data.pairs.expressions import PERSON_NOUNS
-from scone_data.pairs.truth import COLOR_WORDS, parse_mentions, parse_phrase
+from scone_data.pairs.truth import COLOR_WORDS, check_sample, parse_mentions, parse_phrase
 from scone_data.runtime.bank import Bank
 from scone_data.runtime.build import build
 from scone_data.runtime.config import load_config
@@ -30,7 +30,12 @@ def truth_build(tmp_path_factory, repo_root):
          "pairs.crop_prob=1.0", "pairs.max_samples_per_image=0"],
     )  # fmt: skip
     cfg["sources"] = [
-        {"type": "coco", "name": "truth", "annotations": "pkg://scone_data/data/truth/coco.json"}
+        {
+            "type": "coco",
+            "name": "truth",
+            "annotations": "pkg://scone_data/data/truth/coco.json",
+            "captions": "pkg://scone_data/data/truth/captions.json",
+        }
     ]
     manifest = build(cfg)
     records = [r for s in manifest["shards"] for r in iter_records(out / "shards" / f"{s['name']}.tar")]
@@ -94,7 +99,8 @@ def test_every_expression_is_true_by_the_hand_truth_tables(truth_build, truth):
     subjects = {s["subject_id"]: s for s in Bank(out).subjects}
     checked = {"crop": 0, "canvas": 0, "color": 0, "color_untabled": 0}
     for rec in records:
-        mentions = dict(parse_mentions(rec["instruction"]))
+        labels = [[c["label"] for c in r["candidates"]] for r in rec["references"]]
+        mentions = dict(parse_mentions(rec["instruction"], labels))
         for i, ref in enumerate(rec["references"]):
             cands = ref["candidates"]
             me = next(c for c in cands if c["intended"])
@@ -187,3 +193,23 @@ def test_no_rectangle_is_pasted(truth_build):
     shown = {c["subject_id"] for r in records for ref in r["references"] for c in ref["candidates"]}
     assert all(subjects[s].get("mask_source") != "box" for s in shown)
     assert records, "the truth photos gave no sample at all"
+
+
+def test_captions_become_scene_instructions_with_their_source(truth_build):
+    """The hand-written captions (scone_data/data/truth/captions.json) of whole-photo targets become
+    Scone-style scene sentences; the sample records the caption and the source it came from."""
+    out, manifest, records = truth_build
+    captions = {
+        f"truth-{a['image_id']}": a["caption"]
+        for a in json.loads((TRUTH / "captions.json").read_text())["annotations"]
+    }
+    woven = [r for r in records if "caption" in r]
+    for r in woven:
+        assert r["caption"] == {"text": captions[r["target"]["image_id"]], "source": "truth"}
+        assert "crop_box" not in r["target"]  # a caption describes the whole photo
+        assert check_sample(r) == [], r["instruction"]
+    # by hand: the portrait, the quokka and the pint of beer have captions a person can weave
+    assert {"truth-106", "truth-107", "truth-108"} <= {r["target"]["image_id"] for r in woven}
+    # captions counting people ("two men", "a group of friends") are never woven
+    assert not {"truth-102", "truth-103", "truth-104"} & {r["target"]["image_id"] for r in woven}
+    assert any(k.startswith("caption_unused:") for k in manifest["pair_rejects"])

@@ -142,3 +142,35 @@ def test_pickles_without_index_and_bad_settings(coco, tmp_path):
         name="c", annotations=str(tmp_path / "list.json"), image_root=str(tmp_path / "no")
     ).validate()
     assert [p.split(":")[0] for p in problems] == ["image_root", "annotations"]
+
+
+def test_captions_file(coco, tmp_path):
+    """A COCO captions json (captions_*.json) gives each image its first caption, after any caption
+    inside the instances json; captions of unknown ids are not rows; a broken file is a settings error."""
+    src, root = coco
+    caps = tmp_path / "captions.json"
+    caps.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {"id": 1, "image_id": 1, "caption": " A dog next to a cup. "},
+                    {"id": 2, "image_id": 1, "caption": "A second caption of the same photo."},
+                    {"id": 3, "image_id": 2, "caption": "A cup on a wooden table."},
+                    {"id": 4, "image_id": 42, "caption": "No such image."},
+                    {"id": 5, "image_id": 11, "caption": "   "},
+                    "junk",
+                ]
+            }
+        )
+    )
+    with_caps = CocoSource(name="coco", annotations=src.annotations, image_root=str(root), captions=str(caps))
+    assert with_caps.validate() == []
+    batch = with_caps.read(with_caps.list_refs())
+    assert batch["caption"][0] == "A dog next to a cup."
+    assert batch["caption"][1] == "a cup on a table"  # the instances json's own caption comes first
+    assert batch["caption"][6] is None  # a blank caption is no caption
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = CocoSource(name="c", annotations=src.annotations, captions=str(tmp_path / "bad.json"))
+    assert any(p.startswith("annotations:") and "bad.json" in p for p in bad.validate())
+    missing = CocoSource(name="c", annotations=src.annotations, captions=str(tmp_path / "nope.json"))
+    assert any("nope.json" in p for p in missing.validate())
