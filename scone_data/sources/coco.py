@@ -1,7 +1,9 @@
 """Images and their annotations from a COCO-format json.
 
-Settings: ``annotations`` (the json; ``pkg://`` allowed) and ``image_root`` (default: the json's
-folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error, as are two
+Settings: ``annotations`` (the json; ``pkg://`` allowed), ``captions`` (optional: a COCO captions json
+such as ``captions_train2017.json``, whose ``annotations`` hold ``{"image_id", "caption"}`` for the same
+ids; the first caption of an image is used, after any caption inside ``annotations``) and
+``image_root`` (default: the json's folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error, as are two
 ``categories`` with one id and different names). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
 
 Per image row: ``uri`` is the image file's path, ``image_id`` is ``<source name>-<COCO id>``
@@ -62,6 +64,23 @@ MAX_JSON_BYTES = 2 * 1024**3
 _REF_RE = re.compile(r"^images\[(\d+)\]$")
 
 
+def _read_coco_json(path: str, images: bool = True) -> dict:
+    """A COCO json document (instances, or captions with ``images=False``); ValueError if unusable."""
+    data, reason = read_file_capped(path, MAX_JSON_BYTES)
+    if data is None:
+        raise ValueError(f"{path}: {reason}")
+    try:
+        doc = loads_json(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid json ({e})") from None
+    if not isinstance(doc, dict) or (images and not isinstance(doc.get("images"), list)):
+        raise ValueError(f"{path}: not a COCO json (needs an object with an 'images' list)")
+    for key in ("annotations", "categories", "licenses"):
+        if not isinstance(doc.get(key, []), list):
+            raise ValueError(f"{path}: '{key}' must be a list")
+    return doc
+
+
 @dataclass
 class _Index:
     images: list[Any]
@@ -79,6 +98,7 @@ class CocoSource(Source):
     type: ClassVar[str] = "coco"
     annotations: str
     image_root: str | None = None
+    captions: str | None = None
     max_file_bytes: int = MAX_FILE_BYTES
     _index: _Index | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -98,6 +118,7 @@ class CocoSource(Source):
         problems = super().validate()
         check_positive_int(problems, "max_file_bytes", self.max_file_bytes)
         check_optional_str(problems, "image_root", self.image_root)
+        check_optional_str(problems, "captions", self.captions)
         if isinstance(self.image_root, str) and self.image_root:
             try:
                 if not os.path.isdir(resolve_path(self.image_root)):
@@ -118,19 +139,18 @@ class CocoSource(Source):
         if self._index is not None:
             return self._index
         path = self._json_path
-        data, reason = read_file_capped(path, MAX_JSON_BYTES)
-        if data is None:
-            raise ValueError(f"{path}: {reason}")
-        try:
-            doc = loads_json(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid json ({e})") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-            raise ValueError(f"{path}: not a COCO json (needs an object with an 'images' list)")
-        for key in ("annotations", "categories", "licenses"):
-            if not isinstance(doc.get(key, []), list):
-                raise ValueError(f"{path}: '{key}' must be a list")
-        self._index = self._build_index(doc)
+        doc = _read_coco_json(path)
+        index = self._build_index(doc)
+        if isinstance(self.captions, str) and self.captions:
+            cpath = resolve_path(self.captions)
+            for a in _read_coco_json(cpath, images=False).get("annotations", []):
+                # COCO captions files hold several captions per image: the first one is used; captions of
+                # images the instances json does not list describe no row of this source
+                iid = a.get("image_id") if isinstance(a, dict) else None
+                if _usable_id(iid) and iid in index.first_of and isinstance(a.get("caption"), str):
+                    if a["caption"].strip():
+                        index.captions.setdefault(iid, a["caption"].strip())
+        self._index = index
         return self._index
 
     def _build_index(self, doc: dict) -> _Index:
