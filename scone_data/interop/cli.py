@@ -67,12 +67,13 @@ def cmd_import(args) -> int:
     from scone_data.interop import imports
 
     def work(rep: Reporter) -> dict[str, Any]:
-        fm = imports.field_map(args.format, args.preset, args.field)
+        fm = imports.field_map(args.format, args.preset, args.field) if args.preset else None
         m = imports.import_dataset(
             args.sources,
             args.output,
             args.format,
             fm,
+            overrides=args.field,
             split=args.split,
             label=args.label,
             image_root=args.image_root,
@@ -83,6 +84,7 @@ def cmd_import(args) -> int:
         )
         return {
             "output": args.output,
+            "layout": m["config"]["import"]["layout"],
             "samples": m["samples"],
             "shards": len(m["shards"]),
             "images": m["images"],
@@ -147,12 +149,14 @@ def add_interop_parsers(subparsers) -> None:
     e.set_defaults(fn=cmd_export)
 
     i = subparsers.add_parser(
-        "import", help="an existing subject-driven set (parquet or jsonl) -> our shards"
+        "import", help="an existing subject-driven set (parquet, jsonl or a JSON array) -> our shards"
     )
-    i.add_argument("sources", nargs="+", help="parquet or jsonl files")
+    i.add_argument("sources", nargs="+", help="parquet, jsonl or JSON-array files")
     i.add_argument("-o", "--output", required=True, help="new output directory")
     i.add_argument("--format", required=True, choices=list(imports.FORMATS))
-    i.add_argument("--preset", choices=list(imports.PRESETS), help="field names (default per format)")
+    i.add_argument(
+        "--preset", choices=list(imports.PRESETS), help="field names (default: detected from the rows)"
+    )
     i.add_argument(
         "--field",
         action="append",

@@ -18,7 +18,7 @@ from scone_data.interop.reader import InteropError
 from scone_data.pairs.config import MAX_REFERENCES, PairConfig
 from scone_data.stages.decode import DecodeImages
 
-FORMATS = ("scone-parquet", "jsonl")
+FORMATS = ("scone-parquet", "jsonl", "json")  # jsonl and json both read JSON lines or one JSON array
 # The build's own defaults, so imported shards look like built ones: at most as many references as
 # the pair builder makes, the decode stage's decompression-bomb cap, the pair builder's JPEG quality.
 DEFAULT_MAX_REFERENCES = MAX_REFERENCES
@@ -39,7 +39,8 @@ _PLACEHOLDER = re.compile(r"<img>\s*<\|image_(\d+)\|>\s*</img>")
 
 @dataclass
 class FieldMap:
-    """Which source fields hold what. Dotted names reach into nested objects (``meta.prompt``)."""
+    """Which source fields hold what. Dotted names reach into nested objects (``meta.prompt``);
+    ``a|b`` takes the first of the two a row has (UNO rows hold ``image_paths`` or ``image_path``)."""
 
     images: str = ""  # one list: references first, target last (Scone parquet)
     references: str = ""  # a list field, or several single-image fields joined by commas
@@ -58,38 +59,62 @@ class FieldMap:
             p.append("instruction=FIELD is required")
         return p
 
+    def names(self) -> list[str]:
+        """Every field this map needs a row to have (the optional label left out)."""
+        refs = [self.images] if self.images else [n.strip() for n in self.references.split(",") if n.strip()]
+        return refs + ([self.target] if self.target else []) + [self.instruction]
 
+
+# In the order layout detection tries them (the first that fits the most rows wins).
 PRESETS: dict[str, FieldMap] = {
     "scone-s2i": FieldMap(images="image", instruction="instruction"),
     "x2i": FieldMap(
         references="input_images", target="output_image", instruction="instruction", placeholders=True
     ),
+    "uno": FieldMap(references="image_paths|image_path", target="image_tgt_path", instruction="prompt"),
     "generic": FieldMap(references="references", target="target", instruction="prompt"),
 }
-DEFAULT_PRESET = {"scone-parquet": "scone-s2i", "jsonl": "generic"}
 
 
 def field_map(fmt: str, preset: str | None = None, overrides: list[str] | None = None) -> FieldMap:
-    """The preset (default per format) with ``key=value`` overrides; raises InteropError (code 2)."""
+    """Preset ``preset`` (default: ``scone-s2i`` for parquet, else ``generic``) with ``key=value``
+    overrides; raises InteropError (code 2). The CLI without ``--preset`` detects the layout from the
+    rows instead (:func:`scone_data.interop.imports.detect_layout`)."""
     problems = []
     if fmt not in FORMATS:
         problems.append(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    name = preset or DEFAULT_PRESET.get(fmt, "generic")
+    name = preset or ("scone-s2i" if fmt == "scone-parquet" else "generic")
     if name not in PRESETS:
         problems.append(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
         name = "generic"
-    fm = FieldMap(**asdict(PRESETS[name]))
+    fm = with_overrides(PRESETS[name], overrides or [], problems)
+    problems += fm.validate()
+    if problems:
+        raise InteropError("bad import settings: " + "; ".join(problems), code=2)
+    return fm
+
+
+def with_overrides(base: FieldMap, overrides: list[str], problems: list[str]) -> FieldMap:
+    """A copy of ``base`` with ``key=value`` overrides; a bad override is added to ``problems``."""
+    fm = FieldMap(**asdict(base))
     known = {f.name for f in fields(FieldMap)}
-    for item in overrides or []:
+    for item in overrides:
         k, eq, v = item.partition("=")
         if not eq or k not in known:
             problems.append(f"--field {item!r}: expected KEY=VALUE with KEY in {', '.join(sorted(known))}")
             continue
         setattr(fm, k, v.strip().lower() in ("1", "true", "yes") if k == "placeholders" else v.strip())
-    problems += fm.validate()
-    if problems:
-        raise InteropError("bad import settings: " + "; ".join(problems), code=2)
     return fm
+
+
+def fits(fm: FieldMap, row: dict[str, Any]) -> bool:
+    """Whether ``row`` has every field ``fm`` needs."""
+    try:
+        for name in fm.names():
+            _get(row, name)
+    except RowReject:
+        return False
+    return True
 
 
 class RowReject(Exception):
@@ -99,12 +124,15 @@ class RowReject(Exception):
 
 
 def _get(row: dict[str, Any], name: str) -> Any:
-    cur: Any = row
-    for part in name.split("."):
-        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
-            raise RowReject("missing_field", name)
-        cur = cur[part]
-    return cur
+    for alt in name.split("|"):
+        cur: Any = row
+        for part in alt.strip().split("."):
+            if not isinstance(cur, dict) or cur.get(part) is None:
+                break
+            cur = cur[part]
+        else:
+            return cur
+    raise RowReject("missing_field", name)
 
 
 def _image_bytes(value: Any, root: Path) -> bytes:

@@ -2,13 +2,20 @@
 
 Two readers, one field map (:class:`FieldMap`, presets in :data:`PRESETS`, any field overridable):
 
-- ``scone-parquet``: Scone-S2I-57K-style parquet files, one list column of encoded images
+- ``scone-parquet``: parquet files, e.g. Scone-S2I-57K's one list column of encoded images
   (references first, the target last) and an instruction column (preset ``scone-s2i``).
-- ``jsonl``: one JSON object per line with image paths (relative to ``image_root``, default the
-  jsonl's folder), a reference list, a target and a prompt: X2I / OmniGen style (preset ``x2i``:
+- ``jsonl`` (or ``json``, the same reader): JSON lines or one JSON array of objects, with image paths
+  relative to ``image_root`` (default: the file's folder): X2I / OmniGen style (preset ``x2i``:
   ``input_images``, ``output_image``, ``instruction``, with ``<img><|image_N|></img>`` turned into
-  "image N"), or any other layout such as MUSAR- or UNO-style sets through ``--field``
-  (``references`` may also name several single-image fields: ``references=img1,img2``).
+  "image N"), UNO style (preset ``uno``: a JSON array of ``image_paths`` or a single ``image_path``,
+  ``image_tgt_path``, ``prompt``), ``generic`` (``references``, ``target``, ``prompt``), or any
+  other layout through ``--field`` (``references`` may also name several single-image fields:
+  ``references=img1,img2``).
+
+Without ``--preset`` the layout is detected from the first rows (:func:`detect_layout`: the preset,
+``--field`` overrides applied, that fits the most of them); when none fits, the import stops before
+writing anything and names the fields it found. An import whose every row is rejected writes its
+output (the rejects table says why) and exits 1.
 
 An image value may be a path, raw bytes, or a ``{"bytes": ..., "path": ...}`` struct (Hugging Face
 Image columns). What an imported sample is, since these sets say nothing about candidates:
@@ -29,8 +36,10 @@ imported becomes a reject row (stage ``import``) with one of the reasons in ``co
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,8 @@ from scone_data.interop.convert import (
     RowReject,
     convert_row,
     field_map,
+    fits,
+    with_overrides,
 )
 from scone_data.interop.reader import InteropError, claim_folder
 from scone_data.interop.report import Reporter
@@ -54,49 +65,121 @@ from scone_data.runtime.config import ShardSettings
 from scone_data.shards.files import write_json, write_parquet
 from scone_data.shards.writer import ShardWriter
 
-__all__ = ["FORMATS", "PRESETS", "REASONS", "FieldMap", "field_map", "import_dataset"]
+__all__ = ["FORMATS", "PRESETS", "REASONS", "FieldMap", "detect_layout", "field_map", "import_dataset"]
 
 DEFAULT_SAMPLES_PER_SHARD = ShardSettings.samples_per_shard  # the build's default
 PARQUET_BATCH_ROWS = 64  # rows read at a time from a parquet source: bounded memory for big image lists
+DETECT_ROWS = 20  # rows read to tell the layout of a source
 
 
-def _rows(fmt: str, path: Path):
-    """Yield ``(row_number, row_dict | None, error)`` of one source file; a bad jsonl line is a row error."""
-    if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, None, f"invalid json: {e}"
-                    continue
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        while not head and (chunk := f.read(4096)):
+            head = chunk.lstrip()
+    return head.startswith(b"[")
+
+
+class _Source:
+    """One source file's rows: ``(row_number, row_dict | None, error)``; a bad jsonl line or a
+    non-object array item is a row error. A JSON array (UNO's training file) is parsed once, whole."""
+
+    def __init__(self, fmt: str, path: Path):
+        self.fmt, self.path = fmt, path
+        self._array: list[Any] | None = None
+        if fmt != "scone-parquet" and _is_json_array(path):
+            try:
+                self._array = json.loads(path.read_bytes())
+            except ValueError as e:
+                raise InteropError(
+                    f"{path}: not valid JSON ({' '.join(str(e).split())[:200]})", code=2
+                ) from None
+
+    def __len__(self) -> int:
+        if self._array is not None:
+            return len(self._array)
+        if self.fmt == "scone-parquet":
+            return pq.ParquetFile(self.path).metadata.num_rows
+        with open(self.path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+
+    def rows(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+        if self._array is not None:
+            for i, obj in enumerate(self._array):
                 yield (
                     i,
-                    obj if isinstance(obj, dict) else None,
+                    (obj if isinstance(obj, dict) else None),
                     "" if isinstance(obj, dict) else "not an object",
                 )
-    else:
-        i = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                yield i, row, ""
-                i += 1
+        elif self.fmt == "scone-parquet":
+            i = 0
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for row in batch.to_pylist():
+                    yield i, row, ""
+                    i += 1
+        else:
+            with open(self.path, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield i, None, f"invalid json: {e}"
+                        continue
+                    yield (
+                        i,
+                        (obj if isinstance(obj, dict) else None),
+                        "" if isinstance(obj, dict) else "not an object",
+                    )
 
 
-def _count_rows(fmt: str, path: Path) -> int:
-    if fmt == "jsonl":
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
-    return pq.ParquetFile(path).metadata.num_rows
+def _field_names(row: dict[str, Any], prefix: str = "") -> list[str]:
+    """A row's field names, nested objects as dotted names (what ``--field`` can name)."""
+    out = []
+    for k, v in row.items():
+        out.append(prefix + k)
+        if isinstance(v, dict) and not ({"bytes", "path"} & set(v)):
+            out += _field_names(v, f"{prefix}{k}.")
+    return out
+
+
+def detect_layout(sources: list[_Source], overrides: list[str]) -> tuple[str, FieldMap]:
+    """The preset (with ``overrides``) that fits the most of the first :data:`DETECT_ROWS` rows of
+    ``sources``: ``(preset name, field map)``. Raises InteropError (code 2) naming the fields found
+    when none fits a single row."""
+    problems: list[str] = []
+    maps = {name: with_overrides(fm, overrides, problems) for name, fm in PRESETS.items()}
+    if problems:
+        raise InteropError("bad import settings: " + "; ".join(sorted(set(problems))), code=2)
+    rows = [r for src in sources for _, r, _ in itertools.islice(src.rows(), DETECT_ROWS) if r is not None]
+    rows = rows[:DETECT_ROWS]
+    # ties: the preset whose own field names are used most (not those --field replaced), then PRESETS order
+    score = {
+        name: (sum(fits(fm, r) for r in rows), len(set(fm.names()) & set(PRESETS[name].names())))
+        for name, fm in maps.items()
+        if not fm.validate()
+    }
+    best = max(score, key=lambda n: score[n], default=None)
+    if best is not None and score[best][0] and not score[best][1]:
+        return "custom", maps["generic"]  # every field named by --field: no preset's quirks apply
+    if best is None or not score[best][0]:
+        found = sorted({n for r in rows for n in _field_names(r)})
+        known = "; ".join(f"{n} ({', '.join(fm.names())})" for n, fm in PRESETS.items())
+        raise InteropError(
+            f"cannot tell the layout of {', '.join(str(s.path) for s in sources)}: its rows have the fields "
+            f"{', '.join(found) or '(no object rows)'}; the known layouts need: {known}. "
+            "Name one with --preset, or map the fields with --field KEY=FIELD",
+            code=2,
+        )
+    return best, maps[best]
 
 
 def import_dataset(
     sources: list[str | Path],
     output: str | Path,
     fmt: str,
-    fm: FieldMap,
+    fm: FieldMap | None = None,
     split: str = "train",
     label: str = "subject",
     image_root: str | Path | None = None,
@@ -104,9 +187,13 @@ def import_dataset(
     max_references: int = DEFAULT_MAX_REFERENCES,
     overwrite: bool = False,
     reporter: Reporter | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Import ``sources`` (files of format ``fmt``) into a new output directory; returns its manifest."""
-    problems = fm.validate()
+    """Import ``sources`` (files of format ``fmt``) into a new output directory; returns its manifest.
+
+    ``fm`` None: the layout is detected from the rows (:func:`detect_layout`, ``overrides`` applied).
+    Raises InteropError (code 1) after writing the output when every row was rejected."""
+    problems = fm.validate() if fm is not None else []
     if fmt not in FORMATS:
         problems.append(f"format must be one of {', '.join(FORMATS)}")
     if split not in ("train", "val"):
@@ -119,6 +206,10 @@ def import_dataset(
     problems += [f"{p}: no such file" for p in paths if not p.is_file()]
     if problems:
         raise InteropError("bad import settings: " + "; ".join(problems), code=2)
+    srcs = [_Source(fmt, p) for p in paths]
+    layout = "given"
+    if fm is None:
+        layout, fm = detect_layout(srcs, list(overrides or []))
     out = Path(output)
     # locked for the run; an earlier import is replaced only once this one is complete
     reads = paths + ([Path(image_root)] if image_root else [])
@@ -128,6 +219,7 @@ def import_dataset(
             "import": {
                 "format": fmt,
                 "sources": [str(p.resolve()) for p in paths],
+                "layout": layout,
                 "fields": asdict(fm),
                 "split": split,
                 "label": label,
@@ -137,7 +229,7 @@ def import_dataset(
             }
         }
         cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        total = sum(_count_rows(fmt, p) for p in paths)
+        total = sum(len(src) for src in srcs)
         reporter.start(format=fmt, sources=[str(p) for p in paths], output=str(out), rows=total)
         shard_dir = out / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -157,9 +249,10 @@ def import_dataset(
             writer = None
 
         with reporter.phase(total, "import rows") as bar:
-            for path in paths:
+            for src in srcs:
+                path = src.path
                 root = Path(image_root) if image_root else path.parent
-                for i, row, err in _rows(fmt, path):
+                for i, row, err in src.rows():
                     uri = f"{path}#{i}"
                     try:
                         if row is None:
@@ -209,4 +302,11 @@ def import_dataset(
         }
         schemas.validate("manifest", manifest)
         write_json(out / "manifest.json", manifest)
-        return manifest
+    if rejects and not tasks:
+        first = rejects[0]
+        raise InteropError(
+            f"every row was rejected ({', '.join(f'{k}: {v}' for k, v in manifest['rejects'].items())}; "
+            f"the first, {first['uri']}: {first['reason']} {first['detail']}); layout {layout}, fields "
+            f"{', '.join(fm.names())}; every reject is in {out / 'rejects.parquet'}"
+        )
+    return manifest

@@ -36,3 +36,21 @@ def test_load_dataset_webdataset(demo_output, tmp_path):
         assert row["target.jpg"].size == (rec["target"]["width"], rec["target"]["height"])
     both = load_hf(demo_output, cache_dir=str(tmp_path / "c2"))
     assert set(both) == {"train", "val"} and both["val"].num_rows == manifest["splits"]["val"]
+
+
+def test_features_sized_from_the_output(tmp_path):
+    from interop_helpers import image_bytes
+
+    from scone_data.interop.imports import import_dataset
+
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(image_bytes(80 + i))
+    row = {"prompt": "four things", "image_paths": [f"{i}.png" for i in range(4)], "image_tgt_path": "4.png"}
+    (tmp_path / "uno.json").write_text(json.dumps([row]))
+    out = tmp_path / "out"
+    import_dataset([tmp_path / "uno.json"], out, "json", max_references=4)
+    assert "ref3.jpg" in hf_features(out) and "ref3.jpg" not in hf_features()
+    ds = load_hf(out, cache_dir=str(tmp_path / "c"))
+    assert ds["train"][0]["ref3.jpg"].size == (48, 40)  # the 4th reference is there
+    with pytest.raises(ValueError, match="4 references"):
+        load_hf(out, max_references=3)

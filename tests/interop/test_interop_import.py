@@ -32,7 +32,8 @@ def test_scone_parquet_round_trip(tmp_path):
     src = tmp_path / "scone.parquet"
     pq.write_table(pa.Table.from_pylist(rows), src)
     out = tmp_path / "imported"
-    m = import_dataset([src], out, "scone-parquet", field_map("scone-parquet"), samples_per_shard=1)
+    m = import_dataset([src], out, "scone-parquet", samples_per_shard=1)  # layout detected: scone-s2i
+    assert m["config"]["import"]["layout"] == "scone-s2i"
     assert validate_output(out) == []
     assert m["tasks"] == {"composition_multi": 1, "composition_single": 1} and len(m["shards"]) == 2
     assert sorted(_reasons(out)) == ["duplicate_sample", "no_references", "not_an_image"]
@@ -144,3 +145,72 @@ def test_bad_settings_are_reported_at_once(tmp_path, capsys):
         run_cli(["import", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o"), "--format", "jsonl"]) == 2
     )
     assert "no such file" in capsys.readouterr().err
+
+
+def test_uno_json_array_detected(tmp_path, capsys):
+    """UNO's training file: one JSON array, image_paths or a single image_path, image_tgt_path, prompt."""
+    for i in range(4):
+        (tmp_path / f"{i}.jpg").write_bytes(image_bytes(60 + i, ext=".jpg"))
+    rows = [
+        {
+            "prompt": "a toy and a mug on a desk",
+            "image_tgt_path": "./2.jpg",
+            "image_paths": ["./0.jpg", "1.jpg"],
+        },
+        {"prompt": "a toy in the jungle", "image_tgt_path": "3.jpg", "image_path": "0.jpg"},
+        {"prompt": "gone", "image_tgt_path": "3.jpg", "image_path": "missing.jpg"},
+    ]
+    (tmp_path / "uno.json").write_text(json.dumps(rows, indent=2))
+    argv = [
+        "import",
+        str(tmp_path / "uno.json"),
+        "-o",
+        str(tmp_path / "o"),
+        "--format",
+        "json",
+        "--no-progress",
+    ]
+    assert run_cli(argv) == 0
+    assert "uno" in capsys.readouterr().out  # the detected layout is in the summary
+    assert validate_output(tmp_path / "o") == []
+    recs = {rec["instruction"]: rec for rec, _ in iter_samples(tmp_path / "o")}
+    assert recs["a toy and a mug on a desk"]["task"] == "composition_multi"
+    assert len(recs["a toy in the jungle"]["references"]) == 1  # the image_path singleton
+    assert _reasons(tmp_path / "o") == ["image_missing"]
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["config"]["import"]["layout"] == "uno" and m["tasks"] == {
+        "composition_multi": 1,
+        "composition_single": 1,
+    }
+
+
+def test_layout_detection_and_total_rejection(tmp_path, capsys):
+    (tmp_path / "0.png").write_bytes(image_bytes(70))
+    x2i = {
+        "instruction": "the dog in <img><|image_1|></img>",
+        "input_images": ["0.png"],
+        "output_image": "0.png",
+    }
+    _write_jsonl(tmp_path / "x2i.jsonl", [x2i])
+    m = import_dataset([tmp_path / "x2i.jsonl"], tmp_path / "x", "jsonl")  # no preset named
+    assert m["config"]["import"]["layout"] == "x2i" and m["samples"] == 1
+    ((rec, _),) = iter_samples(tmp_path / "x")
+    assert rec["instruction"] == "the dog in image 1"
+    # no known layout: refused before anything is written, naming the fields found
+    _write_jsonl(tmp_path / "odd.jsonl", [{"src": "0.png", "dst": "0.png", "meta": {"text": "t"}}])
+    argv = ["import", str(tmp_path / "odd.jsonl"), "-o", str(tmp_path / "odd"), "--format", "jsonl"]
+    assert run_cli(argv) == 2 and not (tmp_path / "odd").exists()
+    err = capsys.readouterr().err
+    assert (
+        "its rows have the fields dst, meta, meta.text, src;" in err and "uno (image_paths|image_path" in err
+    )
+    fields = ["references=src", "target=dst", "instruction=meta.text"]
+    assert run_cli(argv + [x for f in fields for x in ("--field", f)]) == 0
+    m = json.loads((tmp_path / "odd" / "manifest.json").read_text())
+    assert m["config"]["import"]["layout"] == "custom" and not m["config"]["import"]["fields"]["placeholders"]
+    # every row rejected: the output is written (its rejects say why) and the exit code is 1
+    _write_jsonl(tmp_path / "gone.jsonl", [dict(x2i, output_image="nope.png")] * 2)
+    argv = ["import", str(tmp_path / "gone.jsonl"), "-o", str(tmp_path / "g"), "--format", "jsonl"]
+    assert run_cli(argv) == 1
+    assert "error: every row was rejected (image_missing: 2;" in capsys.readouterr().err
+    assert _reasons(tmp_path / "g") == ["image_missing", "image_missing"]
