@@ -2,6 +2,13 @@
 
 The JSON files are the single source of truth. :func:`arrow_schema` derives a table schema from a
 file (objects become structs, arrays lists, optional fields nullable), so the two cannot drift.
+
+Each record kind has its own version (:data:`VERSIONS`; ``SCHEMA_VERSION`` for the kinds never
+bumped). A record is checked against the file of its own ``schema_version`` when that version is
+still readable (:data:`READABLE`), so outputs written before a bump validate and read as they are;
+:func:`upgrade` turns an old record into the current version for readers that want one shape.
+Sample v2 dropped the references' ``subject_list``/``subject_label`` (label lists under SconeEval's
+names, which SconeEval uses for descriptions and 0/1 flags); the candidates hold the same facts.
 """
 
 from __future__ import annotations
@@ -16,25 +23,54 @@ import pyarrow as pa
 from scone_data import SCHEMA_VERSION
 
 RECORDS = ("source_image", "subject", "sample", "index_row", "reject", "manifest")
+VERSIONS = {"sample": 2}  # what is written now; kinds not listed are at SCHEMA_VERSION
+READABLE = {"sample": (1, 2)}  # what validates and reads
+SAMPLE_VERSION = VERSIONS["sample"]
 
 
 class SchemaError(ValueError):
     """A record does not match its schema; the message names the field (``references[0].member``)."""
 
 
+def version(name: str) -> int:
+    """The version of record ``name`` written now."""
+    return VERSIONS.get(name, SCHEMA_VERSION)
+
+
 @cache
-def json_schema(name: str, version: int = SCHEMA_VERSION) -> dict[str, Any]:
+def json_schema(name: str, version: int | None = None) -> dict[str, Any]:
+    """The JSON Schema of record ``name`` at ``version`` (default: the current one)."""
     if name not in RECORDS:
         raise KeyError(f"unknown record {name!r}; known: {', '.join(RECORDS)}")
-    text = resources.files("scone_data._schemas").joinpath(f"{name}.v{version}.json").read_text()
+    v = version or VERSIONS.get(name, SCHEMA_VERSION)
+    text = resources.files("scone_data._schemas").joinpath(f"{name}.v{v}.json").read_text()
     return json.loads(text)
 
 
+def _version_of(name: str, record: Any) -> int:
+    """``record``'s own schema_version when readable, else the current one (whose check then says
+    which version is expected)."""
+    v = record.get("schema_version") if isinstance(record, dict) else None
+    return v if v in READABLE.get(name, ()) else version(name)
+
+
+def upgrade(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` in the current version of ``name``: an older sample as a new dict, a current one as
+    it is."""
+    if name != "sample" or record.get("schema_version") != 1:
+        return record
+    refs = [
+        {k: v for k, v in r.items() if k not in ("subject_list", "subject_label")}
+        for r in record["references"]
+    ]
+    return {**record, "schema_version": 2, "references": refs}
+
+
 @cache
-def _validator(name: str):
+def _validator(name: str, version: int | None = None):
     import jsonschema
 
-    schema = json_schema(name)
+    schema = json_schema(name, version)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
@@ -76,32 +112,34 @@ def _same_in_draft07(node: Any) -> bool:
 
 
 @cache
-def _fast(name: str):
+def _fast(name: str, version: int | None = None):
     """A compiled check of schema ``name`` (fastjsonschema), or None when fastjsonschema is missing or
     the schema uses a keyword outside :data:`_FAST_KEYWORDS`; tests check both validators agree."""
     try:
         import fastjsonschema
     except ImportError:
         return None
-    schema = {k: v for k, v in json_schema(name).items() if k not in ("$schema", "$id")}
+    schema = {k: v for k, v in json_schema(name, version).items() if k not in ("$schema", "$id")}
     if not _same_in_draft07(schema):
         return None
     return fastjsonschema.compile(schema, use_default=False)  # a check never writes defaults into the record
 
 
 def validate(name: str, record: dict[str, Any]) -> None:
-    """Raise :class:`SchemaError` listing every violation of ``record`` against schema ``name``."""
+    """Raise :class:`SchemaError` listing every violation of ``record`` against schema ``name`` (at
+    the record's own version when readable, see :data:`READABLE`)."""
     # Every shard write validates its record: the compiled check costs ~0.1 ms where jsonschema costs
     # ~3-4 ms on a rendered sample (most of our overhead over a plain webdataset loop). jsonschema stays
     # the authority: it decides, and words the errors, whenever the fast check objects.
-    fast = _fast(name)
+    v = _version_of(name, record)
+    fast = _fast(name, v)
     if fast is not None:
         try:
             fast(record)
             return
         except Exception:  # noqa: BLE001 - any objection goes to jsonschema
             pass
-    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(_validator(name, v).iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"{_path(e)}: {e.message}" for e in errors[:20]]
         raise SchemaError(f"invalid {name} record: " + "; ".join(lines))

@@ -13,7 +13,7 @@ from scone_data import schemas
 @pytest.mark.parametrize("name", schemas.RECORDS)
 def test_every_schema_loads_and_derives_an_arrow_schema(name):
     s = schemas.json_schema(name)
-    assert s["properties"]["schema_version"]["const"] == 1
+    assert s["properties"]["schema_version"]["const"] == schemas.version(name)
     arrow = schemas.arrow_schema(name)
     assert [f.name for f in arrow] == list(s["properties"])
     for req in s["required"]:
@@ -33,6 +33,25 @@ def test_malformed_sample_is_refused_naming_the_field():
     rec["task"] = "composition_triple"
     with pytest.raises(schemas.SchemaError, match=r"^invalid sample record: task:"):
         schemas.validate("sample", rec)
+
+
+def test_sample_v2_and_v1_records():
+    """v2 drops SconeEval's names from the references; v1 records (older shards) still validate, each
+    against its own version, and upgrade to v2."""
+    ref_fields = schemas.json_schema("sample", 2)["properties"]["references"]["items"]["properties"]
+    assert not {"subject_list", "subject_label"} & set(ref_fields) and schemas.SAMPLE_VERSION == 2
+    rec, _ = make_sample("k3", n_refs=2)
+    schemas.validate("sample", rec)
+    old = dict(rec, schema_version=1)
+    old["references"] = [dict(r, subject_list=["cup"], subject_label=["cup"]) for r in rec["references"]]
+    schemas.validate("sample", old)
+    assert schemas.upgrade("sample", old) == rec and schemas.upgrade("sample", rec) is rec
+    with pytest.raises(schemas.SchemaError, match="subject_list"):
+        schemas.validate("sample", dict(old, schema_version=2))  # v2 refuses the old names
+    with pytest.raises(schemas.SchemaError, match="subject_label"):
+        schemas.validate("sample", dict(rec, schema_version=1))  # v1 needs them
+    with pytest.raises(schemas.SchemaError, match="schema_version"):
+        schemas.validate("sample", dict(rec, schema_version=7))
 
 
 def test_table_round_trip_keeps_free_form_objects():
@@ -104,7 +123,7 @@ def test_fast_check_agrees_with_jsonschema_on_valid_and_broken_records():
     rec["target"]["crop_box"] = [0, 0, 10, 10]
     breakages = [
         lambda r: r.update(task="bogus"),
-        lambda r: r.update(schema_version=2),
+        lambda r: r.update(schema_version=3),
         lambda r: r.update(key="bad key!"),
         lambda r: r.update(extra=1),
         lambda r: r.pop("instruction"),

@@ -37,14 +37,12 @@ def make_sample(key: str, n_refs: int = 1, task: str = "composition_single", spl
                         "source_image_id": f"img{i}",
                     }
                 ],
-                "subject_list": ["cup"],
-                "subject_label": ["cup"],
                 "expression": None,
                 "augment": {},
             }
         )
     rec = {
-        "schema_version": 1,
+        "schema_version": 2,
         "key": key,
         "task": task,
         "split": split,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from scone_data import SCHEMA_VERSION, __version__
+from scone_data import __version__, schemas
 from scone_data.imageio import DecodeError, content_id, decode_image, encode_jpeg
 from scone_data.interop.reader import InteropError
 from scone_data.pairs.config import MAX_REFERENCES, PairConfig
@@ -237,8 +237,6 @@ def convert_row(
                         "source_image_id": rid,
                     }
                 ],
-                "subject_list": [lab],
-                "subject_label": [lab],
                 "expression": None,
                 "augment": {},
             }
@@ -248,7 +246,7 @@ def convert_row(
         )
         members[f"ref{i}.jpg"] = data
     rec = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schemas.SAMPLE_VERSION,
         "key": key,
         "task": "composition_single" if len(refs) == 1 else "composition_multi",
         "split": split,

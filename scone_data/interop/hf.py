@@ -5,7 +5,7 @@ refuses samples whose member sets differ, so a plain ``load_dataset("webdataset"
 fails on our shards: a one-reference sample has no ``ref1.jpg``, and a composition sample's
 ``expression`` is null where a distinction sample's is a string. Passing explicit features fixes
 both: missing members become ``None`` and every json field has one type. The features are derived
-from ``schemas/sample.v1.json``; free-form objects (``references[].augment``) are left out, since
+from ``schemas/sample.v2.json`` (v1 for an output of v1 shards); free-form objects (``references[].augment``) are left out, since
 their keys vary per sample (read them from the tar's json if needed). ``hf_features(OUT)`` has one
 image column per reference of the output's largest sample: ``datasets`` drops a member without a
 feature silently.
@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from scone_data import schemas
-from scone_data.interop.reader import shard_paths
+from scone_data.interop.reader import iter_samples, shard_paths
 from scone_data.pairs.config import MAX_REFERENCES
 
 # Members ref0.jpg .. ref{N-1}.jpg get an Image column; as many as the pair builder makes at most.
@@ -66,13 +66,20 @@ def references_per_sample(output: str | Path) -> int:
 def hf_features(source: int | str | Path = DEFAULT_MAX_REFERENCES):
     """``datasets.Features`` of our WebDataset samples: ``__key__``, ``__url__``, ``json`` (a struct),
     ``target.jpg`` and ``ref0.jpg`` .. ``ref{N-1}.jpg`` (``datasets.Image``), where N is ``source``
-    when it is a number, else the most references a sample of output folder ``source`` has."""
-    n = source if isinstance(source, int) else references_per_sample(source)
+    when it is a number, else the most references a sample of output folder ``source`` has. The json
+    struct follows the current sample schema, or an output's own (v1 shards read as they are)."""
+    version = None
+    if isinstance(source, int):
+        n = source
+    else:
+        n = references_per_sample(source)
+        first = next(iter_samples(source, want_images=False, upgrade=False), None)
+        version = first[0]["schema_version"] if first else None
     ds = _datasets()
     feats = {
         "__key__": ds.Value("string"),
         "__url__": ds.Value("string"),
-        "json": _feature(schemas.json_schema("sample")),
+        "json": _feature(schemas.json_schema("sample", version)),
         "target.jpg": ds.Image(),
     }
     feats.update({f"ref{i}.jpg": ds.Image() for i in range(n)})

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scone_data import schemas
+
 
 class InteropError(Exception):
     """A command cannot run: ``code`` 1 (input missing or unusable) or 2 (bad settings, nothing run)."""
@@ -112,14 +114,17 @@ def iter_samples(
     split: str | None = None,
     want_images: bool | Callable[[dict[str, Any]], bool] = True,
     manifest: dict[str, Any] | None = None,
+    upgrade: bool = True,
 ) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
     """Yield ``(record, members)`` of every sample (of ``split``, if given) in manifest/tar order.
 
-    ``members`` is empty for records where ``want_images`` is (or returns) False.
+    ``members`` is empty for records where ``want_images`` is (or returns) False. Records of an older
+    sample schema (v1 shards) come in the current version unless ``upgrade`` is False.
     """
     for tar_path in shard_paths(output, manifest):
         try:
-            yield from _tar_samples(tar_path, split, want_images)
+            for rec, members in _tar_samples(tar_path, split, want_images):
+                yield (schemas.upgrade("sample", rec) if upgrade else rec), members
         except (tarfile.TarError, EOFError, ValueError, KeyError) as e:  # torn tar, bad member json
             raise _corrupt(tar_path, e) from None
 

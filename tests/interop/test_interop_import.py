@@ -101,10 +101,8 @@ def test_x2i_jsonl(tmp_path):
     ]
     ((rec, _),) = iter_samples(tmp_path / "out")
     assert rec["instruction"] == "The dog in image 1 sits next to the mug in image 2."
-    assert rec["task"] == "composition_multi" and [r["subject_list"] for r in rec["references"]] == [
-        ["dog"],
-        ["mug"],
-    ]
+    assert rec["task"] == "composition_multi" and rec["schema_version"] == 2
+    assert [[c["label"] for c in r["candidates"]] for r in rec["references"]] == [["dog"], ["mug"]]
     assert [b["label"] for b in rec["target"]["boxes"]] == ["dog", "mug"]
 
 
