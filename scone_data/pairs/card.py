@@ -48,7 +48,7 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
         cap = r.get("caption")
         texts[f"woven from a caption of source {cap['source']!r}" if cap else "template"] += 1
         for ref in r["references"]:
-            labels.update(ref["subject_label"])
+            labels.update(c["label"] for c in ref["candidates"] if c["intended"])
             cands[len(ref["candidates"])] += 1
             kinds[ref["kind"]] += 1
             ref_sources[ref["augment"].get("source", "self")] += 1
