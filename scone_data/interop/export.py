@@ -151,7 +151,7 @@ def export_scone_parquet(
     with _owned_dest(Path(output), Path(dest), "scone-parquet", overwrite) as dest:
         local_dir = dest / "parquet_data" / dataset_name
         local_dir.mkdir(parents=True)
-        data_dir, info_key_path = scone_paths(data_dir or str(dest.resolve()), dataset_name)
+        data_dir, info_path = scone_paths(data_dir or str(dest.resolve()), dataset_name)
 
         info: dict[str, dict[str, int]] = {}
         tasks: dict[str, int] = {}
@@ -170,6 +170,12 @@ def export_scone_parquet(
                     )
                     for size in groups:  # only one row group of samples is in memory at a time
                         group = list(itertools.islice(samples, size))
+                        if len(group) < size:  # never an empty row group: a worker given one spins
+                            raise InteropError(
+                                f"{output}: the shard indexes count {total} samples, the tars hold fewer; "
+                                f"`scone-data validate {output}` lists every problem",
+                                code=2,
+                            )
                         writer.write_table(
                             pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
                         )
@@ -185,9 +191,9 @@ def export_scone_parquet(
         n = sum(v["num_rows"] for v in info.values())
         entry = {"data_dir": data_dir, "num_files": len(info), "num_total_samples": n}
         write_json(
-            dest / "dataset_info.json", {"s2i": {dataset_name: {**entry, "parquet_info_path": info_key_path}}}
+            dest / "dataset_info.json", {"s2i": {dataset_name: {**entry, "parquet_info_path": info_path}}}
         )
-        py = dataset_info_entry(dataset_name, data_dir, len(info), n, info_key_path) + "\n"
+        py = dataset_info_entry(dataset_name, data_dir, len(info), n, info_path) + "\n"
         yml = yaml_group(dataset_name, layout, world_size, workers) + "\n"
         write_bytes(dest / "parquet_info" / SNIPPET_PY.format(name=dataset_name), py.encode())
         write_bytes(dest / "parquet_info" / SNIPPET_YAML.format(name=dataset_name), yml.encode())

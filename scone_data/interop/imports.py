@@ -162,7 +162,7 @@ def detect_layout(sources: list[_Source], overrides: list[str]) -> tuple[str, Fi
     }
     best = max(score, key=lambda n: score[n], default=None)
     if best is not None and score[best][0] and not score[best][1]:
-        return "custom", maps["generic"]  # every field named by --field: no preset's quirks apply
+        return "custom", with_overrides(FieldMap(), overrides, [])  # all named by --field: no preset quirk
     if best is None or not score[best][0]:
         found = sorted({n for r in rows for n in _field_names(r)})
         known = "; ".join(f"{n} ({', '.join(fm.names())})" for n, fm in PRESETS.items())
