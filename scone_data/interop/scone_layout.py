@@ -12,9 +12,10 @@ So :func:`plan_layout` makes the number of units an exact multiple of ``world_si
 - a corpus of at least that many samples gets ``k x world_size x workers`` row groups of nearly equal
   size (each at most ``max_rows_per_group``), packed in order into files of at most
   ``max_rows_per_file`` rows; ``num_used_data`` is the number of files;
-- a smaller corpus gets one file per sample (one row group each) and ``num_used_data =
-  world_size x workers``: the loader's own cycling repeats some files so that every worker of every
-  rank has exactly one unit and every sample is read.
+- a smaller corpus (fewer samples than that multiple needs) gets one file per sample, one row group
+  each, and ``num_used_data`` = the next multiple of ``world_size x workers``: the loader's own
+  cycling repeats some files so that every worker of every rank has as many units and every sample is
+  read.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def plan_layout(
 ) -> Layout:
     """The files and row groups of ``total`` samples for ``world_size`` ranks x ``workers`` workers."""
     slots = world_size * workers
-    if total < slots:
-        return Layout(tuple((1,) for _ in range(total)), slots)
     groups = slots * math.ceil(total / (slots * max_rows_per_group))
+    if groups > total:  # fewer samples than slots (or than a multiple of them at this group size)
+        return Layout(tuple((1,) for _ in range(total)), slots * math.ceil(total / slots))
     sizes = [total // groups + (1 if i < total % groups else 0) for i in range(groups)]
     files: list[list[int]] = [[]]
     for s in sizes:
@@ -96,7 +97,7 @@ def yaml_group(name: str, layout: Layout, world_size: int, workers: int) -> str:
     if layout.num_used_data > len(layout.files):
         repeat = [
             f"# num_used_data {layout.num_used_data} > {len(layout.files)} files: the loader repeats "
-            f"{layout.num_used_data - len(layout.files)} of them so that every worker has one"
+            f"{layout.num_used_data - len(layout.files)} of them so that every worker reads as many"
         ]
 
     def mapping(d: dict[str, int]) -> list[str]:

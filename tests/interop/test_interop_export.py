@@ -200,3 +200,18 @@ def test_describe_candidates_tells_look_alikes_apart():
     ref["candidates"].append(cand("dog", 40))
     d = describe_candidates(ref)
     assert d[1] == "the dog at the top left (number 2 from the left)" and len(set(d)) == 5
+
+
+def test_layout_gives_every_worker_work_and_drops_nothing():
+    from scone_data.interop.scone_layout import plan_layout
+
+    for world_size, workers in [(8, 3), (1, 1), (4, 2), (16, 8)]:
+        slots = world_size * workers
+        for total in [*range(1, 60), 127, 1000, 4099]:
+            for per_group, per_file in [(1, 1), (3, 7), (64, 1000)]:
+                lay = plan_layout(total, world_size, workers, per_group, per_file)
+                sizes = [s for f in lay.files for s in f]
+                assert sum(sizes) == total and 1 <= min(sizes) and max(sizes) <= per_group
+                assert all(sum(f) <= per_file for f in lay.files)
+                assert lay.units() % slots == 0 and lay.units() >= slots  # no unit dropped, none idle
+                assert lay.num_used_data >= len(lay.files)  # every file is read
