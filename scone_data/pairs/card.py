@@ -78,7 +78,8 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
     lines += _table(("text", "samples"), sorted(texts.items()), n or None)
     lines += ["", "## Copy-paste score of references", ""]
     lines += [
-        "(normalised cross-correlation of the intended subject with its target patch; 1.0 = a pixel copy)",
+        "(normalised cross-correlation of the intended subject with its target patch, best over rotations "
+        "up to 20 degrees, mirror and scale; 1.0 = a pixel copy)",
         "",
     ]
     lines += _table(("score", "references"), copy_paste_histogram(scores))

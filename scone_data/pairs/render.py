@@ -212,35 +212,79 @@ def _interp(src_side: int, dst_side: int) -> int:
 COPY_PASTE_SIDE = 32
 # Fewer subject pixels than this (of 32 x 32) after erosion and warp: too little survived to compare.
 MIN_COPY_PASTE_PIXELS = 16
+# Rotations tried to undo the reference's own (augmentation rotates by up to pairs.rotate_max_deg = 20;
+# the step is fine enough that a pixel copy rotated between two tried angles still scores above 0.9):
+# a rotated pixel copy is still a copy, and a model learns to rotate it back.
+COPY_PASTE_STEP = 5
+COPY_PASTE_ANGLES = tuple(range(-20, 21, COPY_PASTE_STEP))
+# The reference region is rotated at this side (long side, pixels) before it is cut and compared.
+_ALIGN_SIDE = 2 * COPY_PASTE_SIDE
 
 
 def copy_paste_score(ref: np.ndarray, ref_box, target: np.ndarray, target_box, ref_mask=None) -> float:
-    """How nearly the reference's intended subject is a copy of its pixels in the target: the normalised
-    cross-correlation of the two box patches (grey, resized to COPY_PASTE_SIDE square) over the pixels
-    of the subject's mask in the reference (``ref_mask``, HxW float alpha of the whole reference; None:
-    the whole box), the better of the patch and its mirror image, clipped to [0, 1]. 1.0 is a pixel
-    copy; a subject seen in another pose or light scores far lower. Boxes: (x0, y0, x1, y1) pixels."""
+    """How nearly the reference's intended subject is a copy of its pixels in the target, up to the
+    augmentations a model can undo: the best normalised cross-correlation over rotations
+    (:data:`COPY_PASTE_ANGLES`), mirror images and scale (both patches are resized to a
+    COPY_PASTE_SIDE square, so the aspect ratio too), of the reference's box region (grey, over the pixels
+    of the subject's mask ``ref_mask``, HxW float alpha of the whole reference; None: the whole box),
+    rotated back and cut to its subject's box, against the target's box patch. Clipped to [0, 1]: 1.0 is
+    a pixel copy, however rotated or flipped; a subject seen in another pose or light scores far lower.
+    Boxes: (x0, y0, x1, y1) pixels."""
 
-    def cut(img, box):
+    def region(img, box):
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         x0, y0 = max(0, x0), max(0, y0)
         x1, y1 = min(img.shape[1], max(x1, x0 + 1)), min(img.shape[0], max(y1, y0 + 1))
         p = np.ascontiguousarray(img[y0:y1, x0:x1])
-        if p.ndim == 3:
-            p = cv2.cvtColor(p, cv2.COLOR_RGB2GRAY)
+        return cv2.cvtColor(p, cv2.COLOR_RGB2GRAY) if p.ndim == 3 else p
+
+    def square(p):
         return cv2.resize(p, (COPY_PASTE_SIDE, COPY_PASTE_SIDE), interpolation=cv2.INTER_AREA).astype(
             np.float64
         )
 
-    a, b = cut(ref, ref_box), cut(target, target_box)
-    w = cut(ref_mask, ref_box) > 0.5 if ref_mask is not None else np.ones_like(a, bool)
-    if w.sum() < MIN_COPY_PASTE_PIXELS:
-        return 0.0
+    b = square(region(target, target_box))
+    a = region(ref, ref_box).astype(np.float32)
+    m = (region(ref_mask, ref_box) if ref_mask is not None else np.ones(a.shape, np.float32)).astype(
+        np.float32
+    )
+    k = min(1.0, _ALIGN_SIDE / max(a.shape))
+    if k < 1.0:
+        size = (max(1, round(a.shape[1] * k)), max(1, round(a.shape[0] * k)))
+        a, m = (
+            cv2.resize(a, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(m, size, interpolation=cv2.INTER_AREA),
+        )
+    h, w = a.shape
+    side = int(np.ceil(np.hypot(h, w))) + 2  # room for any rotation of the region
+    pad = ((side - h) // 2, (side - w) // 2)
+    ca, cm = np.zeros((side, side), np.float32), np.zeros((side, side), np.float32)
+    ca[pad[0] : pad[0] + h, pad[1] : pad[1] + w], cm[pad[0] : pad[0] + h, pad[1] : pad[1] + w] = a, m
 
-    def ncc(x, y, m):
-        x, y = x[m], y[m]
+    def ncc(x, y, msk):
+        x, y = x[msk], y[msk]
         x, y = x - x.mean(), y - y.mean()
         return float((x * y).sum() / (np.sqrt((x * x).sum() * (y * y).sum()) + 1e-6))
 
-    best = max(ncc(a, b, w), ncc(a[:, ::-1], b, w[:, ::-1]))
+    def at(angle: float) -> float:
+        rot = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
+        rm = cv2.warpAffine(cm, rot, (side, side), flags=cv2.INTER_LINEAR)
+        x, y, bw, bh = cv2.boundingRect((rm > 0.5).astype(np.uint8))
+        if bw * bh < MIN_COPY_PASTE_PIXELS:
+            return 0.0
+        ra = cv2.warpAffine(ca, rot, (side, side), flags=cv2.INTER_LINEAR)
+        pa, pm = square(ra[y : y + bh, x : x + bw]), square(rm[y : y + bh, x : x + bw]) > 0.5
+        if pm.sum() < MIN_COPY_PASTE_PIXELS:
+            return 0.0
+        return max(ncc(pa, b, pm), ncc(pa[:, ::-1], b, pm[:, ::-1]))
+
+    # coarse to fine: every COPY_PASTE_STEP * 2 degrees, then the neighbours of the best
+    coarse = {angle: at(angle) for angle in COPY_PASTE_ANGLES[::2]}
+    top = max(coarse, key=coarse.get)
+    fine = {
+        angle: at(angle)
+        for angle in (top - COPY_PASTE_STEP, top + COPY_PASTE_STEP)
+        if abs(angle) <= COPY_PASTE_ANGLES[-1]
+    }
+    best = max([*coarse.values(), *fine.values()])
     return round(min(1.0, max(0.0, best)), 4)
