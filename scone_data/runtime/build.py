@@ -6,7 +6,9 @@ one marker per shard) -> finalize (merged rejects table, manifest). regen = the 
 finalize on an existing bank, with new pair/shard settings: no source is read, no model runs.
 
 Both phases are resumable: a rerun skips what its ledger marks done and redoes the rest from
-scratch. The final bytes never depend on how many workers ran or in what order units finished.
+scratch. The final bytes never depend on how many workers ran or in what order units finished. A
+bank unit's marker records its inputs' identities; a rerun whose inputs changed, and an output
+inside a folder a source reads, are refused (see :mod:`.inputs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pyarrow as pa
 from scone_data import SCHEMA_VERSION, __version__, schemas
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
-from scone_data.runtime import outdir
+from scone_data.runtime import inputs, outdir
 from scone_data.runtime.bank import (
     Bank,
     BankDamaged,
@@ -156,12 +158,24 @@ def run_bank_phase(
     out = Path(cfg["output"])
     ledger = Ledger(out, "bank", bank_hash)
     units = plan_units(sources, rt.unit_size)
-    todo = [u for u in units if not ledger.done(f"unit-{u[0]:05d}")]
+    # each marker records the identities of its unit's inputs: a resume whose inputs changed is
+    # refused before anything is written (see runtime/inputs.py for why refuse, not redo)
+    unit_ids = inputs.unit_inputs(sources, units)
+    done = {uid: ledger.done(inputs.UNIT_NAME.format(uid)) for uid, _ in units}
+    src_done = {i: ledger.done(f"source-{i:03d}") for i in range(len(sources))}
+    src_ids = {i: src.source_inputs() for i, src in enumerate(sources)}
+    changed = [
+        line
+        for i, src in enumerate(sources)
+        for line in inputs.source_changed(src.name, src_done[i], src_ids[i])
+    ]
+    inputs.check_resume(out, ledger.dir, done, unit_ids, changed)
+    todo = [u for u in units if not done[u[0]]]
     for i, src in enumerate(sources):  # source-level rejects (e.g. COCO annotations of unknown images)
         recs = src.source_rejects()  # complete reject records (Source.source_rejects' contract)
-        if recs and not ledger.done(f"source-{i:03d}"):
+        if recs and not src_done[i]:
             write_extra_rejects(out, f"source-{i:03d}", recs)
-            ledger.mark(f"source-{i:03d}", {"rejects": len(recs)})
+            ledger.mark(f"source-{i:03d}", {"rejects": len(recs), "inputs": src_ids[i]})
     log.info(
         "bank phase: %d units (%d done before), %d images",
         len(units),
@@ -172,7 +186,7 @@ def run_bank_phase(
 
     def on_unit(uid: int, batch) -> None:
         counts = write_unit(out, uid, batch)
-        ledger.mark(f"unit-{uid:05d}", counts)
+        ledger.mark(inputs.UNIT_NAME.format(uid), {**counts, "inputs": unit_ids[uid]})
         bar.update(1)
 
     if rt.executor == "local":
@@ -369,8 +383,9 @@ def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] =
     rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
     check(problems)  # every setting is checked before the output is touched
     out = Path(cfg["output"])
-    inputs = outdir.input_paths([cfg.get("sources"), list(reads)])
-    with outdir.claim(out, "build", overwrite=overwrite, reads=inputs):
+    inputs.check_outside_sources(out, sources)  # a rerun would read the output back as input
+    read_paths = outdir.input_paths([cfg.get("sources"), list(reads)])
+    with outdir.claim(out, "build", overwrite=overwrite, reads=read_paths):
         models = [st.model_info() for st in stages if hasattr(st, "model_info")]
         # unit_size decides which images share a part file, so it is part of the bank's identity
         bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})

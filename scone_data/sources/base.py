@@ -114,6 +114,25 @@ def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
     return data, ""
 
 
+def file_identity(path: str) -> str:
+    """``"<size>:<mtime_ns>"`` of the file at ``path`` (symlinks followed) or why there is none
+    (``missing``, ``not_a_regular_file``): what the resume ledger compares to see that an input
+    changed. Only a stat: the file is never opened."""
+    try:
+        st = os.stat(path)
+    except OSError:  # missing, a dangling symlink, a name the OS refuses
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else "not_a_regular_file"
+
+
+def dir_of(pattern: str) -> str:
+    """The folder a path or glob reads from: the part before its first wildcard, else the file's folder."""
+    parts = pattern.split(os.sep)
+    cut = next((i for i, p in enumerate(parts) if glob.has_magic(p)), None)
+    folder = os.sep.join(parts[:cut]) if cut is not None else os.path.dirname(pattern)
+    return os.path.abspath(folder or ".")
+
+
 def safe_text(s: str) -> str:
     """``s`` as text that encodes to UTF-8: lone surrogates (undecodable name bytes, ``\\udXXX``
     json escapes) become backslash escapes. Records, parquet and json refuse them otherwise."""
@@ -230,6 +249,24 @@ class Source:
     def read(self, refs: list[str]) -> dict[str, list]:
         """Rows for ``refs`` (in their order) as a batch with the columns of :data:`COLUMNS`."""
         raise NotImplementedError
+
+    def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        """Per ref, ``{path: identity}`` of every file its row is made from (the image, a caption
+        sidecar, the annotation json, the parquet or tar holding it), identity as
+        :func:`file_identity` gives it (a content hash instead where a source has one). The resume
+        ledger records these with each unit, so a resume whose inputs changed is refused. No file
+        is opened, so this stays cheap (one stat per file). Default: nothing known (never refused)."""
+        return [{} for _ in refs]
+
+    def input_folders(self) -> list[str]:
+        """Absolute folders this source reads images from (a folder's root, a COCO ``image_root``,
+        the folders of parquet files and tars): an output inside one would be read back as input
+        by a rerun, so the build refuses it. Default: none."""
+        return []
+
+    def source_inputs(self) -> dict[str, str]:
+        """``{path: identity}`` of the files :meth:`source_rejects` are made from. Default: none."""
+        return {}
 
     def source_rejects(self) -> list[dict[str, Any]]:
         """Rejects tied to no ref (e.g. COCO annotations of unknown images), as reject records

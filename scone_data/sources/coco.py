@@ -48,6 +48,7 @@ from scone_data.sources.base import (
     Source,
     check_optional_str,
     check_positive_int,
+    file_identity,
     is_within,
     loads_json,
     make_row,
@@ -238,6 +239,39 @@ class CocoSource(Source):
 
     def list_refs(self) -> list[str]:
         return [f"images[{i}]" for i in range(len(self._load().images))]
+
+    def source_inputs(self) -> dict[str, str]:
+        # the jsons: the annotations, and a captions json where one is set
+        paths = [self._json_path]
+        if isinstance(self.captions, str) and self.captions:
+            paths.append(resolve_path(self.captions))
+        return {name_text(os.path.abspath(p)): file_identity(p) for p in paths}
+
+    def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        # the json is an input of every image: its entry, annotations, caption and license come from it
+        idx, shared, root = self._load(), self.source_inputs(), self._root
+        out = []
+        for ref in refs:
+            m = _REF_RE.match(ref)
+            im = idx.images[int(m.group(1))] if m and int(m.group(1)) < len(idx.images) else None
+            path = self._file_path(im.get("file_name"), root) if isinstance(im, dict) else None
+            out.append(shared | ({name_text(path): file_identity(path)} if path else {}))
+        return out
+
+    def input_folders(self) -> list[str]:
+        return [os.path.abspath(self._root)]
+
+    def _file_path(self, fname: Any, root: str) -> str | None:
+        """The file an entry's ``file_name`` names (not checked to stay inside ``root``), or None."""
+        if not isinstance(fname, str) or not fname or "\x00" in fname:
+            return None
+        try:
+            os.fsencode(fname)
+            if fname.startswith(PKG_SCHEME):
+                return resolve_path(fname)
+        except (UnicodeEncodeError, ValueError):
+            return None
+        return os.path.abspath(os.path.join(root, fname))
 
     def read(self, refs: list[str]) -> dict[str, list]:
         idx = self._load()

@@ -31,6 +31,7 @@ from scone_data.sources.base import (
     Source,
     check_positive_int,
     decode_text,
+    file_identity,
     is_within,
     make_row,
     name_from_text,
@@ -105,6 +106,22 @@ class FolderSource(Source):
                 refs.append(rel_dir + f)
         return sorted(name_text(r) for r in refs)
 
+    def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        root = self._root
+        sidecars: dict[str, dict[str, str]] = {}
+        out = []
+        for ref in refs:
+            path = os.path.join(root, *name_from_text(ref).split("/"))
+            ids = {name_text(path): file_identity(path)}
+            cap = self._caption_path(path, sidecars)
+            if cap is not None:
+                ids[name_text(cap)] = file_identity(cap)
+            out.append(ids)
+        return out
+
+    def input_folders(self) -> list[str]:
+        return [self._root]
+
     def read(self, refs: list[str]) -> dict[str, list]:
         root = self._root
         sidecars: dict[str, dict[str, str]] = {}  # folder -> stem -> caption file name
@@ -130,7 +147,8 @@ class FolderSource(Source):
             return rejected_row(uri, self.name, f"bad_caption: {reason}")
         return make_row(uri, self.name, image_bytes=data, caption=caption, annotations=None)
 
-    def _caption(self, root: str, path: str, sidecars: dict[str, dict[str, str]]) -> tuple[str | None, str]:
+    def _caption_path(self, path: str, sidecars: dict[str, dict[str, str]]) -> str | None:
+        """The caption sidecar of the image at ``path``, if there is one (``sidecars`` caches listings)."""
         folder, name = os.path.split(path)
         if folder not in sidecars:
             try:
@@ -143,9 +161,12 @@ class FolderSource(Source):
                 if _ext(n) == CAPTION_EXTENSION and not _hidden(n):
                     sidecars[folder][os.path.splitext(n)[0]] = n
         cap_name = sidecars[folder].get(os.path.splitext(name)[0])
-        if cap_name is None:
+        return None if cap_name is None else os.path.join(folder, cap_name)
+
+    def _caption(self, root: str, path: str, sidecars: dict[str, dict[str, str]]) -> tuple[str | None, str]:
+        cap_path = self._caption_path(path, sidecars)
+        if cap_path is None:
             return None, ""
-        cap_path = os.path.join(folder, cap_name)
         if not is_within(cap_path, root):
             return None, "symlink_outside_root"
         data, reason = read_file_capped(cap_path, MAX_CAPTION_BYTES)

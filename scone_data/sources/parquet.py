@@ -35,7 +35,9 @@ from scone_data.sources.base import (
     check_optional_str,
     check_paths,
     check_positive_int,
+    dir_of,
     expand_paths,
+    file_identity,
     is_within,
     make_row,
     read_file_capped,
@@ -140,6 +142,48 @@ class ParquetSource(Source):
             refs.extend(f"{f}#row={i}" for i in range(n))
         return refs
 
+    def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        files: dict[str, str] = {}  # parquet file -> identity
+        paths: dict[str, list] = {}  # parquet file -> its path column (path_column only)
+        out = []
+        for ref in refs:
+            path, _, frag = ref.rpartition("#")
+            if path not in files:
+                files[path] = file_identity(path)
+            ids = {os.path.abspath(path): files[path]}
+            if self.path_column is not None and frag.startswith("row=") and frag[4:].isdigit():
+                if path not in paths:
+                    paths[path] = self._path_values(path)
+                rel = paths[path][int(frag[4:])] if int(frag[4:]) < len(paths[path]) else None
+                full = self._image_path(path, rel) if isinstance(rel, str) and rel else None
+                if full is not None:
+                    ids[os.path.abspath(full)] = file_identity(full)
+            out.append(ids)
+        return out
+
+    def input_folders(self) -> list[str]:
+        pats = [self.paths] if isinstance(self.paths, str) else list(self.paths)
+        folders = [dir_of(resolve_path(p)) for p in pats]
+        if self.root is not None:
+            folders.append(os.path.abspath(resolve_path(self.root)))
+        return folders
+
+    def _path_values(self, path: str) -> list:
+        try:
+            return pq.read_table(path, columns=[self.path_column]).column(0).to_pylist()
+        except Exception:  # noqa: BLE001 - unreadable: read() rejects its rows; the file's identity covers it
+            return []
+
+    def _image_path(self, parquet_path: str, rel: str) -> str | None:
+        """The file a ``path_column`` value names (not checked to stay inside the root), or None."""
+        if rel.startswith(PKG_SCHEME):
+            try:
+                return resolve_path(rel)
+            except ValueError:
+                return None
+        base = resolve_path(self.root) if self.root else os.path.dirname(parquet_path)
+        return os.path.normpath(os.path.join(base, rel))
+
     def read(self, refs: list[str]) -> dict[str, list]:
         rows: list[dict | None] = [None] * len(refs)
         by_file: dict[str, list[tuple[int, int]]] = defaultdict(list)  # file -> (position, row)
@@ -212,14 +256,11 @@ class ParquetSource(Source):
         rel = values[self.path_column]
         if not rel:
             return rejected_row(uri, self.name, "missing_path", **meta)
-        if rel.startswith(PKG_SCHEME):
-            try:
-                full = resolve_path(rel)
-            except ValueError:
-                return rejected_row(uri, self.name, "missing_file", **meta)
-        else:
+        full = self._image_path(parquet_path, rel)
+        if full is None:
+            return rejected_row(uri, self.name, "missing_file", **meta)
+        if not rel.startswith(PKG_SCHEME):
             base = resolve_path(self.root) if self.root else os.path.dirname(parquet_path)
-            full = os.path.normpath(os.path.join(base, rel))
             if not is_within(full, base):
                 return rejected_row(uri, self.name, "path_outside_root", **meta)
         data, reason = read_file_capped(full, self.max_file_bytes)

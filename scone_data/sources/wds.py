@@ -43,11 +43,14 @@ from scone_data.sources.base import (
     check_paths,
     check_positive_int,
     decode_text,
+    dir_of,
     expand_paths,
+    file_identity,
     loads_json,
     make_row,
     name_text,
     rejected_row,
+    resolve_path,
     to_batch,
 )
 
@@ -196,6 +199,22 @@ class WebDatasetSource(Source):
             if s.truncated_rest:
                 refs.append(f"{path}#{TRUNCATED}")
         return refs
+
+    def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        # the tar is the input of each of its samples (a member's own size or mtime would miss a
+        # rewrite that keeps them)
+        tars: dict[str, dict[str, str]] = {}
+        out = []
+        for ref in refs:
+            path = _split_ref(ref)[0]
+            if path not in tars:
+                tars[path] = {name_text(os.path.abspath(path)): file_identity(path)}
+            out.append(tars[path])
+        return out
+
+    def input_folders(self) -> list[str]:
+        pats = [self.paths] if isinstance(self.paths, str) else list(self.paths)
+        return [dir_of(resolve_path(p)) for p in pats]
 
     def read(self, refs: list[str]) -> dict[str, list]:
         rows: list[dict | None] = [None] * len(refs)
