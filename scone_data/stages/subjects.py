@@ -33,6 +33,11 @@ Subject reject reasons, in the order they are reported (settings and defaults in
   diagonal spoon fills ~0.1 of it) pass when the mask spans ``thin_span`` (0.8) of the box both ways
   and fills ``thin_rect_fill`` (0.3) of its rotated bounding rectangle (a spoon 0.35-0.5; a mask
   hugging two box edges 0.15).
+- ``mask_partial``: the mask's bounding rectangle stays more than ``max_side_gap`` (0.18) of the box's
+  width (height), past 4 pixels of slack, away from one side of the subject's box. Boxes (annotations, detections) are tight
+  around what is visible, so a mask that covers the subject reaches all four sides; one that does not
+  lost a part (a woman whose head and hair GrabCut left out, keeping her cards and her dress, a face
+  mask on a white sheet), and would be pasted as if it were the whole subject.
 - ``mask_in_pieces``: the largest 8-connected piece holds less than ``min_component_share`` (0.75)
   of the mask: fragments of background or of other objects came along.
 - ``mask_bleeds``: more than ``max_bleed_share`` (0.5) of the mask was claimed by larger
@@ -68,6 +73,19 @@ def position_bucket(box: list[float], width: int, height: int) -> str:
     h = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "center")
     v = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "middle")
     return f"{v}-{h}"
+
+
+# Pixels of slack between a box side and its mask (annotation and box rounding, a feathered edge).
+SIDE_GAP_SLACK_PX = 4
+
+
+def side_gap(rect, box) -> float:
+    """The largest share of ``box``'s width (left, right) or height (top, bottom) between a side of the
+    box and the same side of ``rect`` (a mask's bounding rectangle), less SIDE_GAP_SLACK_PX; 0 where the
+    mask reaches it."""
+    bw, bh = max(1, box[2] - box[0]), max(1, box[3] - box[1])
+    gaps = ((rect[0] - box[0], bw), (box[2] - rect[2], bw), (rect[1] - box[1], bh), (box[3] - rect[3], bh))
+    return max(max(0.0, g - SIDE_GAP_SLACK_PX) / side for g, side in gaps)
 
 
 class Crop:
@@ -199,6 +217,7 @@ class SubjectFilter(Stage):
     thin_span: float = 0.8  # a thin object's mask reaches across this share of its box both ways ...
     thin_rect_fill: float = 0.3  # ... and fills this much of its rotated rect (spoon 0.35-0.5, edge L 0.15)
     min_component_share: float = 0.75  # a mask whose largest piece holds less is in pieces
+    max_side_gap: float = 0.18  # a mask this far (box share) from a side of its tight box lost a part
     max_foreign_share: float = 0.3  # more of the mask claimed by a larger neighbour's mask: trimmed off
     max_bleed_share: float = 0.5  # more than this claimed by larger neighbours: the mask is theirs, rejected
     nest_share: float = 0.9  # a box this much inside a neighbour's box is a part or occluder of it
@@ -209,7 +228,7 @@ class SubjectFilter(Stage):
         if not 0 <= self.min_area_frac < self.max_area_frac <= 1:
             errs.append("subjects.min_area_frac/max_area_frac: need 0 <= min < max <= 1")
         for f in ("min_det_score", "min_mask_score", "min_stability", "min_box_fill", "thin_span",
-                  "thin_rect_fill", "min_component_share", "max_foreign_share", "max_bleed_share",
+                  "thin_rect_fill", "min_component_share", "max_side_gap", "max_foreign_share", "max_bleed_share",
                   "max_hidden_share"):  # fmt: skip
             if not 0 <= getattr(self, f) <= 1:
                 errs.append(f"subjects.{f}: must be in [0, 1]")
@@ -304,7 +323,9 @@ class SubjectFilter(Stage):
             return "mask_covers_subject", f"{share:.3f} of it inside other subjects' boxes"
         return None
 
-    def _gate(self, c: Crop, box: tuple[int, int, int, int]) -> tuple[str, str] | None:
+    def _gate(
+        self, c: Crop, box: tuple[int, int, int, int], raw: Crop | None = None
+    ) -> tuple[str, str] | None:
         """Box fill and pieces of a resolved mask ``c`` (module docstring)."""
         fill = c.area / max(1, _box_area(box))
         if fill < self.min_box_fill:
@@ -312,6 +333,10 @@ class SubjectFilter(Stage):
             spans = mw >= self.thin_span * (box[2] - box[0]) and mh >= self.thin_span * (box[3] - box[1])
             if not (spans and rotated_rect_fill(c.m) >= self.thin_rect_fill):
                 return "mask_fill_low", f"fills {fill:.3f} of its box"
+        # the mask as segmented: pixels a neighbour took in front of it are occluded, not lost
+        gap = side_gap((raw or c).rect(), box)
+        if gap > self.max_side_gap:
+            return "mask_partial", f"leaves {gap:.3f} of its box empty on one side"
         piece = largest_piece_share(c.m)
         if piece < self.min_component_share:
             return "mask_in_pieces", f"largest piece {piece:.3f}"
@@ -371,7 +396,7 @@ class SubjectFilter(Stage):
             if why[k] is None and k in boxy:
                 why[k] = ("mask_is_box", boxy[k])
             if why[k] is None:
-                why[k] = self._gate(crops[k], boxes[k])
+                why[k] = self._gate(crops[k], boxes[k], inputs[k])
             if why[k] is None and k in bleeds:
                 why[k] = ("mask_bleeds", bleeds[k])
             if why[k] is None:

@@ -151,6 +151,20 @@ def test_a_mask_filling_little_of_its_box_is_rejected_but_a_diagonal_spoon_is_ke
     assert kept[0]["area_frac"] * H * W < 0.25 * 120 * 100  # well under the box fill floor
 
 
+def test_a_mask_that_lost_a_part_of_its_box_is_rejected():
+    """A box is tight around what is visible: a mask that stops well short of one of its sides (a person
+    whose head GrabCut left out) is a fragment; a few pixels short (rounding) is not."""
+    yy, xx = np.mgrid[:H, :W]
+    body = ((xx - 70) / 20) ** 2 + ((yy - 77.5) / 32.5) ** 2 <= 1  # rows 45-109, columns 50-89
+    kept, dropped = _filter([_subject("person", body, box=[50, 20, 90, 110])])  # top 25 of 90 rows empty
+    assert kept == [] and _reasons(dropped) == {"person": "mask_partial"}
+    assert "0.2" in dropped[0]["detail"]
+    kept, dropped = _filter([_subject("person", body, box=[50, 42, 90, 110])])  # 3 px short: rounding
+    assert dropped == [] and kept[0]["label"] == "person"
+    kept, _ = _filter([_subject("person", body, box=[50, 20, 90, 110])], max_side_gap=1.0)
+    assert [s["label"] for s in kept] == ["person"]  # the gate's own setting turns it off
+
+
 def test_a_mask_in_pieces_is_rejected():
     pieces = _disc(40, 60, 18) | _disc(110, 60, 18)  # two equal blobs: the largest holds half
     kept, dropped = _filter([_subject("dog", pieces)], min_box_fill=0.0)
