@@ -41,9 +41,9 @@ def _tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def _interrupted(yml: Path, capsys) -> None:
-    """Run the build until the third unit's first part fails to write (units 0 and 1 done)."""
-    faults.arm("before_publish@part-00002.parquet:1:eio")
+def _interrupted(yml: Path, capsys, spec: str = "before_publish@part-00002.parquet:1:eio") -> None:
+    """Run the build until a write fails (by default the third unit's first part: units 0, 1 done)."""
+    faults.arm(spec)
     try:
         assert run_cli(["build", yml], capsys)[0] == 1
     finally:
@@ -143,6 +143,16 @@ def test_hostile_rerun_after_the_last_image_is_removed_is_refused(folder_build, 
     (root / "p3.png").unlink()  # no unit moves: the last one is gone, with its bank parts
     err = _refused(yml, out, capsys)
     assert f"gone: {root / 'p3.png'}" in err and "no longer make: unit-00003" in err, err
+
+
+def test_hostile_resume_after_removing_the_image_of_a_unit_killed_before_its_marker_is_refused(
+    folder_build, capsys
+):
+    root, out, yml = folder_build
+    _interrupted(yml, capsys, "before_publish@unit-00003.done:1:eio")  # its parts written, not marked
+    (root / "p3.png").unlink()
+    err = _refused(yml, out, capsys)  # else the bank would read the removed photo's parts
+    assert "bank/images/part-00003.parquet: written for a unit the inputs no longer make" in err, err
 
 
 def test_resume_with_unchanged_inputs_is_not_refused(coco_build, capsys):
