@@ -69,16 +69,32 @@ def sample_stream(shards: list[str], seed: int, slot: int, slots: int, start: tu
 
 @dataclass
 class Resize:
-    """Aspect-preserving resize: long side <= max_size, short side >= min_size (the long side wins),
-    then each side floored to a multiple of `stride` (at least one stride)."""
+    """BAGEL's image transform rule (data/transforms.py, used unchanged by Scone), aspect preserved:
+    scale so that the long side is <= max_size (never enlarging), then raise it so that the short
+    side is >= min_size (the short-side rule wins); each side is rounded to the *nearest* multiple of
+    `stride` (Python's round, at least one stride). If that holds more than `max_pixels` pixels it is
+    scaled down to them, and if the long side then exceeds max_size it is scaled down once more,
+    each time rounding as above. A 512x512 image with (518, 224, 14) becomes 518x518 (37 x 37 ViT
+    patches), not 504x504."""
 
     max_size: int
     min_size: int
     stride: int
+    max_pixels: int = 14 * 14 * 9 * 1024  # BAGEL's ImageTransform default
+
+    def _scaled(self, w: float, h: float, scale: float) -> tuple[int, int]:
+        return tuple(
+            max(self.stride, int(round(round(s * scale) / self.stride) * self.stride)) for s in (w, h)
+        )
 
     def size(self, w: int, h: int) -> tuple[int, int]:
-        scale = min(self.max_size / max(w, h), max(self.min_size / min(w, h), 1.0))
-        nw, nh = (max(self.stride, int(round(s * scale)) // self.stride * self.stride) for s in (w, h))
+        """(width, height) of the resized image."""
+        scale = max(min(self.max_size / max(w, h), 1.0), self.min_size / min(w, h))
+        nw, nh = self._scaled(w, h, scale)
+        if nw * nh > self.max_pixels:
+            nw, nh = self._scaled(nw, nh, self.max_pixels / (nw * nh))
+        if max(nw, nh) > self.max_size:
+            nw, nh = self._scaled(nw, nh, self.max_size / max(nw, nh))
         return nw, nh
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
