@@ -11,6 +11,7 @@ import copy
 from pathlib import Path
 
 from scone_train.data import TASKS
+from scone_train.packer import RULES
 
 from scone_data.runtime.overrides import ConfigError, check_value, parse_overrides, read_yaml, set_dotted
 
@@ -46,6 +47,7 @@ TINY = {
         "vit_image": {"max_size": 64, "min_size": 32, "stride": 8},
         "max_tokens": 512,
         "max_tokens_per_sample": 512,
+        "prefer_buffer_before": 320,  # the same share of the budget as BAGEL's 16384 of 26496
         "num_workers": 0,
     },
     "train": {"dtype": "fp32", "activation_checkpointing": False, "log_every": 1},
@@ -127,9 +129,21 @@ def validate(cfg: dict) -> None:
     for side in ("vae_image", "vit_image"):
         for k in ("max_size", "min_size", "stride"):
             need(f"data.{side}.{k}", int)
+        optional(f"data.{side}.max_pixels", int)
+    if optional("data.packing", str) not in (*RULES, None):
+        errs.append(f"data.packing must be one of {RULES}")
+    optional("data.expected_tokens", int | None)
+    optional("data.prefer_buffer_before", int)
+    optional("data.max_buffer_size", int)
     steps, warm = need("train.steps", int), need("train.warmup_steps", int)
-    if isinstance(steps, int) and isinstance(warm, int) and not 0 <= warm <= steps:
-        errs.append(f"train.warmup_steps {warm} must be in [0, train.steps={steps}]")
+    if isinstance(steps, int) and steps < 0:
+        errs.append(f"train.steps {steps} must be >= 0")
+    if isinstance(warm, int) and warm < 0:  # a warm-up longer than the run is allowed (Scone's stage 2)
+        errs.append(f"train.warmup_steps {warm} must be >= 0")
+    epochs = optional("train.epochs", int | None)
+    if isinstance(epochs, int) and epochs < 1:
+        errs.append(f"train.epochs {epochs} must be >= 1 (or null: stop after train.steps only)")
+    optional("train.vae_padding", bool)
     for k in ("lr", "weight_decay", "grad_clip", "timestep_shift"):
         need(f"train.{k}", float)
     for k in ("seed", "log_every", "save_every"):

@@ -4,9 +4,11 @@
 
 Single process or `torchrun --nproc_per_node=N -m scone_train.cli ...` (FSDP2). Resumes by itself
 from `train.output_dir/latest` when that exists (exactly: weights, AdamW state, step, stream
-positions per rank and RNG states), and stops after `train.steps` optimizer steps. The noise of a step
-comes from a generator keyed by (seed, rank, step) (see step_generator), so a resumed run draws the
-same noise as an uninterrupted one. `train.log_keys=true` adds each rank's sample keys to log.jsonl.
+positions per rank and RNG states), and stops after `train.steps` optimizer steps or, when
+`train.epochs` is set, as soon as one stream of one rank has completed that many epochs. The noise
+of a step comes from a generator keyed by (seed, rank, step) (see step_generator), so a resumed run
+draws the same noise as an uninterrupted one. `train.log_keys=true` adds each rank's sample keys to
+log.jsonl.
 """
 
 import fnmatch
@@ -45,9 +47,30 @@ def make_builder(cfg: dict, model, tok) -> SequenceBuilder:
 
 
 @torch.no_grad()
-def encode_latents(vae, model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """VAE-encode every image of the batch (grouped by size) -> patchified latents (N_vae, p*p*16) fp32."""
-    imgs, groups = batch["vae_images"], {}
+def encode_latents(
+    vae, model, batch: dict, generator: torch.Generator | None = None, padded: bool = True
+) -> torch.Tensor:
+    """VAE-encode every image of the batch -> patchified latents (N_vae, p*p*16) fp32.
+
+    padded=True (the default, as BAGEL's and Scone's trainers do): every image is zero-padded at the
+    bottom and right to the batch's largest height and width, all are encoded in one call, and each
+    latent is cropped back to its own size. Latents near the bottom/right edge then see the padding
+    through the encoder's receptive field, so they depend on the other images of the packed batch.
+    padded=False encodes the images grouped by size without padding: each image's latents are those
+    of the image alone (what sampling uses for references), independent of how samples were packed,
+    and no compute is spent on padding; choose it when packing-independent latents matter more than
+    matching the upstream recipe (a model fine-tuned from BAGEL has only seen padded encodings).
+    """
+    imgs = batch["vae_images"]
+    if padded:
+        h = max(im.shape[1] for im in imgs)
+        w = max(im.shape[2] for im in imgs)
+        x = imgs[0].new_zeros(len(imgs), imgs[0].shape[0], h, w)
+        for i, im in enumerate(imgs):
+            x[i, :, : im.shape[1], : im.shape[2]] = im
+        z = vae.encode(x, generator=generator).float()
+        return model.patchify_latents(list(z), batch["vae_shapes"])  # crops each to its own size
+    groups = {}
     for i, im in enumerate(imgs):
         groups.setdefault(tuple(im.shape), []).append(i)
     lat = [None] * len(imgs)
@@ -56,6 +79,24 @@ def encode_latents(vae, model, batch: dict, generator: torch.Generator | None = 
         for j, i in enumerate(idx):
             lat[i] = z[j].float()
     return model.patchify_latents(lat, batch["vae_shapes"])
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Learning-rate factor of optimizer step `step` (0-based): linear warm-up from 0, then constant,
+    as BAGEL's trainer default (transformers' get_constant_schedule_with_warmup): step / warmup
+    while step < warmup, else 1. Scone's scripts keep BAGEL's default of 2,000 warm-up steps, so its
+    1,000-step stage-2 runs end at half the peak learning rate."""
+    return step / max(1, warmup) if step < warmup else 1.0
+
+
+def packing_settings(data: dict) -> dict:
+    """Packer keyword arguments from a stage's ``data`` section (see packer.py; upstream's defaults)."""
+    return {
+        "rule": data.get("packing", "buffer"),
+        "expected_tokens": data.get("expected_tokens"),
+        "prefer_buffer_before": data.get("prefer_buffer_before", 16384),
+        "max_buffer_size": data.get("max_buffer_size", 50),
+    }
 
 
 def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
@@ -115,10 +156,8 @@ def train(cfg: dict) -> list[float]:
     for g in opt.param_groups:
         g["initial_lr"] = tc["lr"]
     warm = tc["warmup_steps"]
-    # Linear warm-up then constant; last_epoch puts a resumed schedule where it stopped.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0, last_epoch=step - 1
-    )
+    # last_epoch puts a resumed schedule where it stopped.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_factor(s, warm), last_epoch=step - 1)
 
     # ---- setup: data -------------------------------------------------------------------------------
     shards = list_shards(_as_list(cfg["data"]["shards"]), cfg["data"].get("split", "train"))
@@ -135,6 +174,8 @@ def train(cfg: dict) -> list[float]:
         cursors=lstate.cursors,
         next_role=lstate.next_role,
         tasks=cfg["data"]["tasks"],
+        packing=packing_settings(cfg["data"]),
+        epochs=tc.get("epochs"),
     )
     batches = iter(make_loader(stream, cfg["data"]["num_workers"]))
     if env.main:
@@ -147,6 +188,8 @@ def train(cfg: dict) -> list[float]:
             step,
             tc["steps"],
         )
+        if tc.get("epochs") is not None:
+            log.info("the stage also ends when a stream completes %d epoch(s)", tc["epochs"])
 
     # ---- train -----------------------------------------------------------------------------------
     losses, t0, tokens = [], time.perf_counter(), 0
@@ -154,11 +197,14 @@ def train(cfg: dict) -> list[float]:
     model.vit_model.eval()
     while step < tc["steps"]:
         batch, meta = next(batches)
+        if tc.get("epochs") is not None and dist.all_sum(float(meta.get("end", False)), env) > 0:
+            log.info("stage %s: epoch %d done after %d steps", cfg["stage"], tc["epochs"], step)
+            break  # every rank stops together when any of its streams ran out
         batch = move_batch(batch, env.device)
         batch["attn_backend"] = cfg.get("attention", "dense")
         gen = step_generator(tc["seed"], env.rank, step, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
-            latents = encode_latents(vae, model, batch, gen)
+            latents = encode_latents(vae, model, batch, gen, tc.get("vae_padding", True))
             res = model(
                 batch,
                 latents,

@@ -22,8 +22,9 @@ def _torchrun(shards_dir, out, steps: int) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         "-m", "scone_train.cli", "training/configs/stage1_step1.yaml", "preset=tiny", "model.path=null",
-        f"data.shards=[{shards_dir}]", f"train.steps={steps}", "train.warmup_steps=1", "train.lr=1e-3",
-        "data.max_tokens=160", "train.log_keys=true", "train.save_every=1000", f"train.output_dir={out}",
+        f"data.shards=[{shards_dir}]", f"train.steps={steps}", "train.epochs=null", "train.warmup_steps=1",
+        "train.lr=1e-3", "data.max_tokens=160", "train.log_keys=true", "train.save_every=1000",
+        f"train.output_dir={out}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)

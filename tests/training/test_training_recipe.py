@@ -19,6 +19,7 @@ def _cfg(stage, shards, out, *extra):
             f"data.shards=[{shards}]",
             f"train.output_dir={out}",
             "train.warmup_steps=1",
+            "train.epochs=null",  # these runs are sized in steps (stage 1 ends after an epoch)
             "train.lr=1e-3",
             "data.dropout={text: 0.0}",
             *extra,
