@@ -4,7 +4,8 @@ One sample, in order (each block is one attention split):
   for each reference: [<|vision_start|> VAE tokens <|vision_end|>] full, then the same framing around
   its ViT tokens, full; then [<|im_start|> instruction <|im_end|>] causal; then
   [<|vision_start|> noised target VAE tokens <|vision_end|>] noise (seen by nothing outside it).
-RoPE ids: one id per image block, consecutive ids over text, the target shares the next id.
+RoPE ids: one id per image block, consecutive ids over text, the target shares the next id (a
+dropped image block still takes its id, except in the sampler's image-free branch: see _add).
 Classifier-free-guidance dropout (text / ViT / VAE conditions) is drawn per sample from (seed, epoch,
 key), so it does not depend on workers or ranks.
 """
@@ -81,10 +82,14 @@ class SequenceBuilder:
                 vae_block = b.vae_image(
                     r["vae"], self.latent_stride, self.max_latent, rope, sp, -float("inf")
                 )
-            rope += 1  # a dropped condition still advances RoPE, as in BAGEL
+            # A condition dropped in training still advances RoPE, as in BAGEL's packing; the sampler's
+            # image-free CFG branch holds no image at all and starts the instruction at 0, as BAGEL's
+            # inferencer does (item["drop_advances_rope"] = False).
+            keep_rope = it.get("drop_advances_rope", True)
+            rope += 1 if vae_block or keep_rope else 0
             if not it["drop"]["vit"]:
                 vit_block = b.vit_image(r["vit"], self.vit_patch, self.vit_max_side, rope, sp)
-            rope += 1
+            rope += 1 if vit_block or keep_rope else 0
             if vae_block and vit_block:
                 refs.append({"vae": vae_block, "vit": vit_block})
         instr = torch.empty(0, dtype=torch.long)

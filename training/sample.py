@@ -2,22 +2,26 @@
 
 Euler steps of the flow x_t = (1 - t) x_0 + t eps from t = 1 to 0 over BAGEL's shifted schedule, with
 classifier-free guidance on two conditions: text (the same sequence without the instruction) and image
-(the same sequence without the references' VAE and ViT blocks). Both unconditional sequences are
-built by the trainer's SequenceBuilder with the condition dropped, exactly as the CFG dropout of
-training builds them (a dropped reference still advances RoPE), and all three are packed into one
+(the instruction alone). Both unconditional sequences are built by the trainer's SequenceBuilder with
+the condition dropped; as in BAGEL's inferencer, the image-free one starts the instruction at RoPE id
+0 (training's CFG dropout instead keeps the dropped references' ids). All three are packed into one
 sequence, so one forward pass per step gives the three velocities. No KV cache: the context is
-recomputed every step (BAGEL caches it; the result is the same, the cost is higher).
+recomputed every step (BAGEL caches it; the result is the same, the cost is higher). The Scone mask
+is never applied: Scone's inference does not use it, whatever stage the checkpoint comes from.
 
 Defaults are those of Scone's inference_single_case.py (BAGEL's image-conditioned recipe): 50
 timesteps (49 model evaluations), shift 3.0, text scale 4.0, image scale 2.0, interval [0, 1],
-renorm "text_channel" with renorm_min 0.0.
+renorm "text_channel" with renorm_min 0.0, a 1024x1024 output, and its transforms: each reference is
+resized by the VAE transform (1024/512, stride 16) and that image by the ViT transform (980/224,
+stride 14). A model whose position tables cannot hold that geometry (the tiny preset) falls back to
+the checkpoint's training transforms and the target's size, with a warning.
 """
 
 import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +34,10 @@ from scone_train.packing import SequenceBuilder, sequence_builder
 log = logging.getLogger("scone_train")
 
 CELL = 128  # contact-sheet cell height in pixels (each image is scaled to this height)
-# Image sizes when a checkpoint carries no config.yaml (an official BAGEL dir): BAGEL's inference transforms.
+# Scone's (and BAGEL's) inference transforms and output size (inference_single_case.py, inferencer.py).
 BAGEL_VAE_IMAGE = {"max_size": 1024, "min_size": 512, "stride": 16}
 BAGEL_VIT_IMAGE = {"max_size": 980, "min_size": 224, "stride": 14}
+SCONE_SIZE = (1024, 1024)  # (width, height)
 
 
 @dataclass
@@ -44,6 +49,8 @@ class SamplerSettings:
     interval: tuple = (0.0, 1.0)  # guidance on where interval[0] < t <= interval[1]
     renorm_type: str = "text_channel"  # "global" | "channel" | "text_channel"
     renorm_min: float = 0.0
+    size: tuple | None = SCONE_SIZE  # output (width, height); None: the target's size after the VAE resize
+    transforms: str = "scone"  # "scone": the inference transforms above; "checkpoint": its training ones
 
 
 def timestep_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,22 +88,37 @@ def combine_cfg(v, v_no_text, v_no_img, text_scale: float, img_scale: float, ren
     return out * scale.clamp(min=renorm_min, max=1.0)
 
 
-@torch.no_grad()
-def generate(
-    model, vae, builder: SequenceBuilder, sample: dict, s: SamplerSettings, generator, mask_cfg=None
-):
-    """One decoded sample (references + instruction; the target only gives the output size) -> image.
-
-    Returns (3, H, W) float in [-1, 1], H x W = the target's size after the builder's VAE resize.
-    `generator` draws the initial noise (same device as the model).
-    """
-    dev = next(model.parameters()).device
-    cond = builder.item(sample, 0, train=False)
+def guidance_items(builder: SequenceBuilder, sample: dict, s: SamplerSettings) -> list[dict]:
+    """The items packed for one sample: conditional, then (when text_scale > 1) text-free, then (when
+    img_scale > 1 too) image-free, the last starting its instruction at RoPE id 0 as BAGEL's
+    inferencer does. As there, each reference is first resized by the VAE transform and the ViT
+    input is made from that image; the target's pixels are never used (only its size when s.size is
+    None)."""
+    refs = [im.resize(builder.vae_resize.size(*im.size), Image.BICUBIC) for im in sample["refs"]]
+    target = sample["target"] if s.size is None else Image.new("RGB", tuple(s.size))
+    cond = builder.item({**sample, "refs": refs, "target": target}, 0, train=False)
     items = [cond]
     if s.text_scale > 1.0:
         items.append({**cond, "drop": {"text": True, "vit": False, "vae": False}})
         if s.img_scale > 1.0:
-            items.append({**cond, "drop": {"text": False, "vit": True, "vae": True}})
+            items.append(
+                {**cond, "drop": {"text": False, "vit": True, "vae": True}, "drop_advances_rope": False}
+            )
+    return items
+
+
+@torch.no_grad()
+def generate(
+    model, vae, builder: SequenceBuilder, sample: dict, s: SamplerSettings, generator, mask_cfg=None
+):
+    """One decoded sample (references + instruction) -> image (see guidance_items for the sequences).
+
+    Returns (3, H, W) float in [-1, 1]: (W, H) = s.size, or when that is None the target's size after
+    the builder's VAE resize. `generator` draws the initial noise (same device as the model).
+    `mask_cfg` is for experiments only: Scone's inference never masks, and render_split passes None.
+    """
+    dev = next(model.parameters()).device
+    items = guidance_items(builder, sample, s)
     from scone_train.packing import move_batch
 
     batch = move_batch(builder.pack(items), dev)
@@ -130,6 +152,28 @@ def generate(
         x = x - v * dt  # v points from data to noise
     z = model.unpatchify_latents(x, th, tw)
     return vae.decode(z[None].to(next(vae.parameters()).dtype))[0].float().clamp(-1, 1)
+
+
+def inference_geometry(model, s: SamplerSettings) -> SamplerSettings:
+    """`s`, or when the model's position tables cannot hold Scone's inference geometry (a 1024-pixel
+    side is 64 latent patches, a 980-pixel ViT side 70 patches; the tiny preset holds 8) the settings
+    with the checkpoint's training transforms and the target's size, with a warning."""
+    mc, p = model.cfg, model.vit_cfg.patch_size
+    stride = mc.vae_downsample * mc.latent_patch_size
+    size_ok = s.size is None or max(s.size) // stride <= mc.max_latent_size
+    tf_ok = s.transforms != "scone" or (
+        BAGEL_VAE_IMAGE["max_size"] // stride <= mc.max_latent_size
+        and BAGEL_VIT_IMAGE["max_size"] // p <= mc.vit_max_num_patch_per_side
+    )
+    if not (size_ok and tf_ok):
+        log.warning(
+            "this model's position tables (%d latent, %d ViT patches per side) cannot hold Scone's "
+            "inference sizes: sampling with the checkpoint's training transforms at the target's size",
+            mc.max_latent_size,
+            mc.vit_max_num_patch_per_side,
+        )
+        return replace(s, transforms="checkpoint", size=None)
+    return s
 
 
 def to_pil(img: torch.Tensor) -> Image.Image:
@@ -172,12 +216,11 @@ def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limi
     data = cfg.get("data", {})
     model.to(dev).eval()
     vae.to(dev).eval()
-    sizes = {
-        "vae_image": data.get("vae_image", BAGEL_VAE_IMAGE),
-        "vit_image": data.get("vit_image", BAGEL_VIT_IMAGE),
-    }
+    s = inference_geometry(model, s)
+    sizes = {"vae_image": BAGEL_VAE_IMAGE, "vit_image": BAGEL_VIT_IMAGE}
+    if s.transforms == "checkpoint":
+        sizes = {k: data.get(k, v) for k, v in sizes.items()}
     builder = sequence_builder(model, tok, sizes, seed)  # no token dropout when sampling
-    mask_cfg = cfg.get("mask")  # the stage's own setting: stage 2 step 1 samples with the Scone mask
     out.mkdir(parents=True, exist_ok=True)
     records, rows = [], []
     for raw in iter_raw(list_shards([str(d) for d in shards], split)):
@@ -186,7 +229,7 @@ def render_split(ckpt, shards, out, s: SamplerSettings, split: str = "val", limi
         sample = decode_sample(raw)
         g = torch.Generator(device=dev).manual_seed(_seed(seed, "sample", sample["key"]))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" or dtype == "bf16"):
-            img = to_pil(generate(model, vae, builder, sample, s, g, mask_cfg))
+            img = to_pil(generate(model, vae, builder, sample, s, g))
         name = f"{sample['key']}.png"
         img.save(out / name)
         target = to_pil(builder.vae_resize(sample["target"]))
@@ -219,11 +262,33 @@ def main(argv: list[str]) -> int:
     p.add_argument("--img-scale", type=float, default=d.img_scale)
     p.add_argument("--renorm-type", default=d.renorm_type, choices=["global", "channel", "text_channel"])
     p.add_argument("--renorm-min", type=float, default=d.renorm_min)
+    p.add_argument("--size", default="x".join(map(str, d.size)),
+                   help="output WIDTHxHEIGHT (Scone's 1024x1024), or 'target'")  # fmt: skip
+    p.add_argument("--transforms", default=d.transforms, choices=["scone", "checkpoint"],
+                   help="scone: Scone's inference resize (VAE 1024/512, ViT 980/224); checkpoint: "
+                   "the sizes it was trained with")  # fmt: skip
     a = p.parse_args(argv)
     if a.steps < 2:
         print("scone-train sample: --steps must be >= 2", file=sys.stderr)
         return 2
-    s = SamplerSettings(a.steps, a.shift, a.text_scale, a.img_scale, d.interval, a.renorm_type, a.renorm_min)
+    try:
+        size = None if a.size == "target" else tuple(int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        size = ()
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        print(f"scone-train sample: --size must be WIDTHxHEIGHT or target, got {a.size!r}", file=sys.stderr)
+        return 2
+    s = SamplerSettings(
+        a.steps,
+        a.shift,
+        a.text_scale,
+        a.img_scale,
+        d.interval,
+        a.renorm_type,
+        a.renorm_min,
+        size,
+        a.transforms,
+    )
     recs = render_split(a.checkpoint, a.shards, a.out, s, a.split, a.limit, a.seed, a.dtype)
     log.info("wrote %d images and contact_sheet.png to %s", len(recs), a.out)
     return 0 if recs else 1
