@@ -4,7 +4,9 @@ A unit's outputs are first published under their final names (atomically, see ``
 only then is its marker written. On a rerun, units with a marker are skipped and all others are
 redone from scratch, overwriting whatever a killed attempt left, so nothing is lost or duplicated.
 Each marker stores the hash of the settings that produced it: resuming with other settings is an
-error instead of a silently mixed output. A marker that cannot be read (torn by a broken disk,
+error instead of a silently mixed output. Bank markers also record the identities (path, size,
+mtime_ns) of the inputs their unit read, and a resume whose inputs changed is refused
+(:mod:`scone_data.runtime.inputs`). A marker that cannot be read (torn by a broken disk,
 edited by hand) counts as not done, with a warning: the unit is redone and its marker rewritten.
 """
 
