@@ -92,10 +92,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
-    """Deterministic parquet bytes: no creation timestamps, fixed compression."""
+def write_parquet(path: str | os.PathLike, table: pa.Table, row_group_size: int | None = None) -> None:
+    """Deterministic parquet bytes: no creation timestamps, fixed compression; ``row_group_size`` rows
+    per row group (None: pyarrow's default, one group for our tables)."""
     with atomic_open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd", write_statistics=True, store_schema=True)
+        pq.write_table(
+            table,
+            f,
+            compression="zstd",
+            write_statistics=True,
+            store_schema=True,
+            row_group_size=row_group_size,
+        )
 
 
 def sweep_temporaries(root: str | os.PathLike) -> int:
