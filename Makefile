@@ -39,6 +39,7 @@ bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed
 	mkdir -p bench/out
 	$(BIN)/python bench/cpu_pairs.py --out bench/out/cpu_pairs.json
 	$(BIN)/python bench/cpu_wds_read.py --out bench/out/cpu_wds_read.json
+	$(BIN)/python bench/cpu_scale.py --out bench/out/cpu_scale.json
 	$(BIN)/python bench/gpu_assets.py bench/out/assets
 	PATH=$(abspath $(BIN)):$$PATH GPU_ASSETS=bench/out/assets OUT=bench/out/gpu_smoke bash bench/gpu_run.sh --smoke
 	@echo "GPU machine: make gpu-prepare here, then the device command in README.md (Benchmarks)"
