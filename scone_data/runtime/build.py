@@ -45,29 +45,10 @@ log = logging.getLogger("scone_data")
 
 # -- settings ------------------------------------------------------------------------------------
 def make_stages(cfg: dict[str, Any], problems: list[str]) -> list:
-    """The bank phase's stages, in order, built from the config (problems appended, not raised)."""
-    from scone_data.stages.decode import DecodeImages
-    from scone_data.stages.grabcut import GrabCutSegmenter
-    from scone_data.stages.subjects import SubjectFilter
+    """The bank phase's stages, in the order of the pipeline's steps (problems appended, not raised)."""
+    from scone_data.runtime import steps
 
-    stages = [C.build_dataclass(DecodeImages, "decode", cfg.get("decode"), problems)]
-    if cfg.get("detect"):
-        from scone_data.stages.detect import GroundingDinoDetector
-
-        stages.append(C.build_dataclass(GroundingDinoDetector, "detect", cfg["detect"], problems))
-    seg = dict(cfg.get("segment") or {})
-    if cfg.get("segment") is not None:
-        kind = seg.pop("type", "grabcut")
-        if kind == "grabcut":
-            stages.append(C.build_dataclass(GrabCutSegmenter, "segment", seg, problems))
-        elif kind == "sam":
-            from scone_data.stages.segment import SamSegmenter
-
-            stages.append(C.build_dataclass(SamSegmenter, "segment", seg, problems))
-        else:
-            problems.append(f"segment.type: {kind!r} is not one of grabcut, sam")
-    stages.append(C.build_dataclass(SubjectFilter, "subjects", cfg.get("subjects"), problems))
-    return stages
+    return steps.make_stages(steps.steps_of(cfg), problems)
 
 
 def make_sources(cfg: dict[str, Any], problems: list[str]) -> list:
@@ -199,9 +180,15 @@ def run_bank_phase(
 # -- shard phase ---------------------------------------------------------------------------------
 def _max_pixels(cfg: dict[str, Any]) -> int:
     """The decode cap the bank was built with (the stage's own default when the config sets none)."""
+    from scone_data.runtime.steps import steps_of
+    from scone_data.stages import stage_types
     from scone_data.stages.decode import DecodeImages
 
-    return (cfg.get("decode") or {}).get("max_pixels", DecodeImages.max_pixels)
+    for st in steps_of(cfg):
+        cls = stage_types().get(st.get("type"))
+        if cls is not None and issubclass(cls, DecodeImages):
+            return st.get("max_pixels", DecodeImages.max_pixels)
+    return DecodeImages.max_pixels
 
 
 def render_shard(
@@ -417,12 +404,15 @@ def regen(
         raise C.ConfigError([f"{bank_dir}/manifest.json is not a scone-data manifest ({why})"]) from None
     models = base.pop("models", [])
     base.pop("bank", None)
-    cfg = C.load_config(None, overrides, base={**base, "output": str(output)})
-    bad = [k for k in C.parse_overrides(overrides or []) if k in C.BANK_SECTIONS]
+    from scone_data.runtime.steps import step_names
+
+    bank_keys = set(C.BANK_SECTIONS) | step_names()  # a step's name (segment.iterations=2) too
+    bad = [k for k in C.parse_overrides(overrides or []) if k in bank_keys]
     if bad:
         raise C.ConfigError(
             [f"{k}: a bank setting; regen only changes pairs, shards, seed and runtime" for k in bad]
         )
+    cfg = C.load_config(None, overrides, base={**base, "output": str(output)})
     problems: list[str] = []
     pairs, shards = make_shard_settings(cfg, problems)
     rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)

@@ -5,10 +5,9 @@ A pipeline file (``pipelines/*.yaml``) has these sections; each one is the const
   output:   directory of the run (bank/, shards/, ledger/, manifest.json, rejects.parquet)
   seed:     integer seed of the pair builder (the bank phase draws no random numbers)
   sources:  list of source settings, each with ``type`` (folder | parquet | coco | webdataset)
-  decode:   DecodeImages settings
-  detect:   GroundingDinoDetector settings, or null when annotations give the boxes
-  segment:  ``type: grabcut`` (no weights) or ``type: sam`` + SamSegmenter settings, or null
-  subjects: SubjectFilter settings
+  steps:    the bank steps in order, each with ``type`` (decode | detect | grabcut | sam | subjects |
+            any registered step) and its settings (see :mod:`.steps`; the old ``decode:``,
+            ``detect:``, ``segment:``, ``subjects:`` sections are still read, as those steps)
   pairs:    PairConfig settings (the seed above is passed in)
   shards:   ShardSettings
   runtime:  RuntimeSettings (not part of any config hash: how a run executes never changes its bytes)
@@ -30,19 +29,9 @@ from typing import Any
 from scone_data.runtime import overrides as O
 from scone_data.runtime.overrides import ConfigError
 
-SECTIONS = (
-    "output",
-    "seed",
-    "sources",
-    "decode",
-    "detect",
-    "segment",
-    "subjects",
-    "pairs",
-    "shards",
-    "runtime",
-)
-BANK_SECTIONS = ("sources", "decode", "detect", "segment", "subjects")
+SECTIONS = ("output", "seed", "sources", "steps", "pairs", "shards", "runtime")
+# what regen may not change (a step's own name, e.g. ``segment.iterations``, is one too)
+BANK_SECTIONS = ("sources", "steps", "decode", "detect", "segment", "subjects")
 
 
 @dataclass
@@ -146,10 +135,16 @@ def settings_hash(*parts: Any) -> str:
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
 ) -> dict:
-    """Read ``path`` (or start from ``base``), apply overrides, check the section names and types."""
+    """Read ``path`` (or start from ``base``), apply overrides, check the section names and types.
+
+    The result always has ``steps``: a file in the old form (sections ``decode``, ``detect``,
+    ``segment``, ``subjects``) is read as the steps it means, with a one-line note."""
+    from scone_data.runtime import steps as S
+
     cfg = read_yaml(path) if path is not None else copy.deepcopy(base or {})
-    cfg = merge(cfg, parse_overrides(overrides or []))
-    problems = [f"{k}: unknown section (known: {', '.join(SECTIONS)})" for k in cfg if k not in SECTIONS]
+    problems: list[str] = []
+    cfg = S.with_steps(cfg, parse_overrides(overrides or []), path, problems)
+    problems += [f"{k}: unknown section (known: {', '.join(SECTIONS)})" for k in cfg if k not in SECTIONS]
     if not cfg.get("output"):
         problems.append("output: required (the run's directory)")
     for key, ann in (("output", str), ("seed", int)):
@@ -166,7 +161,7 @@ def load_config(
         for name in sorted({n for n in names if names.count(n) > 1}):
             at = [i for i, s in enumerate(srcs) if isinstance(s, dict) and s.get("name") == name]
             problems.append(f"sources: name {name!r} is used by sources {at}; names must be unique")
-    for k in ("decode", "detect", "segment", "subjects", "pairs", "shards", "runtime"):
+    for k in ("pairs", "shards", "runtime"):
         if cfg.get(k) is not None and not isinstance(cfg[k], dict):
             problems.append(f"{k}: must be a mapping or null")
     if problems:

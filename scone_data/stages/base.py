@@ -11,6 +11,11 @@ Counting, timing, lazy ``setup()`` and the ok/rejected split live here, not in s
 Settings are dataclass fields: cheap and picklable, so Ray can ship the stage to its workers;
 models load in :meth:`setup`, once per worker. GPU needs are declared by :meth:`resources`.
 No stage imports Ray.
+
+A pipeline file names its bank steps by ``type``: a class joins the one registry of steps with
+:func:`register_stage` (``@register_stage`` above the class). It declares the columns it reads
+(``needs``) and the ones it adds or rewrites (``adds``, each with how it travels between Ray workers),
+so a pipeline's order is checked before any work and the transport needs no list of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ OK = "ok"
 REJECTED = "rejected"
 
 Batch = dict[str, list[Any]]
+
+# how a column's values travel between Ray workers (runtime/transport.py): "array" (HxW or HxWxC
+# uint8 arrays, or None), "json" (nested lists and dicts), "value" (scalars, strings, bytes as they are)
+CODECS = ("array", "json", "value")
 
 
 @dataclass
@@ -51,7 +60,10 @@ def reject(batch: Batch, i: int, reason: str) -> None:
 class Stage:
     """Base class: subclasses add dataclass fields (their settings) and override ``process``."""
 
-    name: ClassVar[str] = "stage"
+    name: ClassVar[str] = "stage"  # rejected_by of the rows it rejects; default: its type
+    type: ClassVar[str] = ""  # the name a pipeline's steps use ({type: decode, ...}); see register_stage
+    needs: ClassVar[tuple[str, ...]] = ()  # columns it reads, added by a source or an earlier step
+    adds: ClassVar[dict[str, str]] = {}  # columns it adds or rewrites -> codec (one of CODECS)
     # settings that change how a stage runs but never what it outputs (left out of resume hashes)
     execution_fields: ClassVar[tuple[str, ...]] = (
         "batch_size",
@@ -125,6 +137,39 @@ class Stage:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__post_init__()
+
+
+STAGE_TYPES: dict[str, type[Stage]] = {}  # type -> class; scone_data.stages.stage_types() fills it
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: ``cls`` becomes the bank step a pipeline names ``{type: <cls.type>, ...}``.
+
+    Raises ValueError for a bad or taken ``type`` (two classes, one name) and for a column whose
+    codec another step declares differently (one column travels one way)."""
+    kind = cls.type
+    if not (isinstance(kind, str) and kind.isidentifier() and kind.islower()):
+        raise ValueError(f"{cls.__qualname__}.type: a lowercase identifier is needed, got {kind!r}")
+    # declared without ClassVar they would become settings (and change every config hash)
+    clash = sorted({"name", "type", "needs", "adds"} & {f.name for f in fields(cls)})
+    if clash:
+        raise ValueError(f"{cls.__qualname__}: {', '.join(clash)} must be ClassVar, not settings")
+    old = STAGE_TYPES.get(kind)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"stage type {kind!r} is taken by {old.__module__}.{old.__qualname__}")
+    for col, codec in cls.adds.items():
+        if codec not in CODECS:
+            raise ValueError(f"{cls.__qualname__}.adds[{col!r}]: {codec!r} is not one of {', '.join(CODECS)}")
+        for other in STAGE_TYPES.values():
+            theirs = other.adds.get(col, codec)
+            if other.type != kind and theirs != codec:
+                raise ValueError(
+                    f"{cls.__qualname__}.adds[{col!r}]: {codec!r}, but {other.type} says {theirs!r}"
+                )
+    if "name" not in vars(cls):  # rejects name the step that made them
+        cls.name = kind
+    STAGE_TYPES[kind] = cls
+    return cls
 
 
 def _scatter(full: Batch, sub: Batch, idx: list[int]) -> Batch:

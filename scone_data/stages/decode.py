@@ -50,7 +50,7 @@ from scone_data.imageio import (
     rle_counts_str,
     sanitize_id,
 )
-from scone_data.stages.base import Batch, Stage, batch_len, reject
+from scone_data.stages.base import Batch, Stage, batch_len, register_stage, reject
 
 # Untrusted polygons: at most this many vertices per annotation (COCO's largest have a few
 # hundred, LVIS's a few thousand); every coordinate within +-MAX_POLYGON_OUTLINE * (w + h) (far
@@ -63,6 +63,7 @@ MAX_POLYGON_OUTLINE = 64
 MIN_MASK_IN_BOX = 0.5
 
 
+@register_stage
 @dataclass
 class DecodeImages(Stage):
     """``max_pixels``: decompression-bomb cap, checked from the header before any pixel is decoded
@@ -70,6 +71,16 @@ class DecodeImages(Stage):
     useless as references; ``keep_crowd``: keep COCO ``iscrowd`` annotations as subjects."""
 
     name: ClassVar[str] = "decode"
+    type: ClassVar[str] = "decode"
+    needs: ClassVar[tuple[str, ...]] = ("image_bytes",)
+    adds: ClassVar[dict[str, str]] = {
+        "image": "array",
+        "width": "value",
+        "height": "value",
+        "image_id": "value",
+        "subjects": "json",  # the annotations' subjects, in the displayed frame
+        "subject_rejects": "json",
+    }
     max_pixels: int = 40_000_000
     min_side: int = 32
     keep_crowd: bool = False

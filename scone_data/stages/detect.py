@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 from scone_data.models import registry
-from scone_data.stages.base import Batch, reject
+from scone_data.stages.base import Batch, register_stage, reject
 from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
 
 PROMPT_CACHE_SIZE = 4096  # label lists whose prompts stay built (as the predictor's text cache)
@@ -44,9 +44,13 @@ class _PromptSet:
     input_ids: list[list[int]]
 
 
+@register_stage
 @dataclass
 class GroundingDinoDetector(ModelStage):
     name: ClassVar[str] = "detect"
+    type: ClassVar[str] = "detect"
+    needs: ClassVar[tuple[str, ...]] = ("image",)
+    adds: ClassVar[dict[str, str]] = {"subjects": "json"}
     family = "groundingdino"
 
     model: str = "swint_ogc"  # swint_ogc | swinb | tiny (random weights, tests only)

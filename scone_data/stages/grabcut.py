@@ -11,18 +11,23 @@ image) the box itself becomes the mask (``mask_source="box"``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from scone_data.imageio import mask_to_rle
-from scone_data.stages.base import Batch, Stage
+from scone_data.stages.base import Batch, Stage, register_stage
 
 GRABCUT_SEED = 12345
 
 
+@register_stage
 @dataclass
 class GrabCutSegmenter(Stage):
     name = "segment"
+    type: ClassVar[str] = "grabcut"
+    needs: ClassVar[tuple[str, ...]] = ("image", "subjects")
+    adds: ClassVar[dict[str, str]] = {"subjects": "json"}
     iterations: int = 4
     max_side: int = 256  # GrabCut runs on a crop downscaled to this longest side: its cost grows with pixels
     context: float = 0.25  # crop margin around the box, as a fraction of the box size (background samples)

@@ -26,7 +26,7 @@ import numpy as np
 
 from scone_data.imageio import mask_to_rle
 from scone_data.models import registry
-from scone_data.stages.base import Batch, reject
+from scone_data.stages.base import Batch, register_stage, reject
 from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
 
 
@@ -59,9 +59,13 @@ def _valid_box(box, w: int, h: int) -> list[float] | None:
     return [x0, y0, x1, y1]
 
 
+@register_stage
 @dataclass
 class SamSegmenter(ModelStage):
     name: ClassVar[str] = "segment"
+    type: ClassVar[str] = "sam"
+    needs: ClassVar[tuple[str, ...]] = ("image", "subjects")
+    adds: ClassVar[dict[str, str]] = {"subjects": "json"}
     family = "sam"
 
     model: str = "vit_h"  # vit_b | vit_l | vit_h | tiny (random weights, tests only)

@@ -57,12 +57,13 @@ Row reject reason: ``no_subjects`` (the image kept no subject, so no sample can 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from scone_data import SCHEMA_VERSION
 from scone_data.imageio import mask_to_rle, rle_counts_str, rle_to_mask
-from scone_data.stages.base import Batch, Stage, reject
+from scone_data.stages.base import Batch, Stage, register_stage, reject
 from scone_data.stages.colors import color_attributes
 
 
@@ -198,11 +199,15 @@ def largest_piece_share(m: np.ndarray) -> float:
     return float(stats[1:, cv2.CC_STAT_AREA].max()) / max(1, int(m.sum())) if n > 1 else 0.0
 
 
+@register_stage
 @dataclass
 class SubjectFilter(Stage):
     """Filters and describes subjects; see the module docstring for the reasons it records."""
 
     name = "subjects"
+    type: ClassVar[str] = "subjects"
+    needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "subjects")
+    adds: ClassVar[dict[str, str]] = {"subjects": "json", "subject_rejects": "json"}
     min_area_frac: float = 0.002  # below this a cutout is a handful of pixels at training resolution
     max_area_frac: float = 0.95  # a "subject" filling the frame is background
     min_det_score: float = 0.0
