@@ -13,10 +13,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from scone_data import SCHEMA_VERSION
 from scone_data.imageio import encode_jpeg, rle_to_mask
 from scone_data.pairs import augment
 from scone_data.pairs.sample_plan import PlacedCandidate, ReferencePlan, SamplePlan
+from scone_data.schemas import SAMPLE_VERSION
 
 LoadImage = Callable[[str], np.ndarray]
 
@@ -25,7 +25,7 @@ def render_sample(
     plan: SamplePlan, load_image: LoadImage, cfg, provenance: dict
 ) -> tuple[dict, dict[str, bytes]]:
     """Render ``plan``. ``load_image(image_id)`` -> HxWx3 uint8 RGB. Returns (Sample record valid against
-    ``schemas/sample.v1.json``, members ``{"ref0.jpg": bytes, ..., "target.jpg": bytes}``)."""
+    ``schemas/sample.v2.json``, members ``{"ref0.jpg": bytes, ..., "target.jpg": bytes}``)."""
     cache: dict[str, np.ndarray] = {}
 
     def get(image_id: str) -> np.ndarray:
@@ -78,8 +78,6 @@ def render_sample(
                 "height": r.height,
                 "kind": r.kind,
                 "candidates": cands,
-                "subject_list": [c.label for c in r.candidates],
-                "subject_label": [c.label for c in r.candidates if c.intended],
                 "expression": r.expression,
                 "augment": aug,
                 **({"copy_paste": score} if score is not None else {}),
@@ -87,7 +85,7 @@ def render_sample(
         )
     members["target.jpg"] = encode_jpeg(target, cfg.jpeg_quality)
     record = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SAMPLE_VERSION,
         "key": plan.key,
         "task": plan.task,
         "split": plan.split,
