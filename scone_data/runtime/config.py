@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,4 +175,7 @@ def load_config(
                 problems += O.check_fields(cls, cfg[name], name)[1]
         raise ConfigError(problems)
     cfg.setdefault("seed", 0)
+    # made absolute here, on the driver: Ray workers on other nodes run in the directory `ray start`
+    # ran in, so a relative output would name another folder to them (``~`` is expanded too)
+    cfg["output"] = os.path.abspath(os.path.expanduser(cfg["output"]))
     return cfg

@@ -23,7 +23,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,15 +62,17 @@ _BRACKET_STEP = np.zeros(256, np.int8)
 _BRACKET_STEP[list(b"[{")], _BRACKET_STEP[list(b"]}")] = 1, -1
 
 
-def resolve_path(p: str) -> str:
+def resolve_path(p: str, base: str | None = None) -> str:
     """A config or data path -> a filesystem path.
 
     ``pkg://<package>/<relative path>`` resolves inside an importable package's directory
-    (``pkg://skimage/data/astronaut.png``); anything else is a plain path (``~`` expanded).
+    (``pkg://skimage/data/astronaut.png``); anything else is a plain path (``~`` expanded), taken
+    relative to ``base`` when given and relative (else to this process's directory).
     Raises ValueError when the package cannot be found.
     """
     if not p.startswith(PKG_SCHEME):
-        return os.path.expanduser(p)
+        q = os.path.expanduser(p)
+        return os.path.join(base, q) if base and not os.path.isabs(q) else q
     rest = p[len(PKG_SCHEME) :]
     pkg, _, rel = rest.partition("/")
     if not pkg:
@@ -234,6 +236,10 @@ class Source:
 
     type: ClassVar[str] = "source"
     name: str
+    # The directory the source was made in (the driver's): relative paths in its settings are taken
+    # relative to it wherever the source runs, since Ray workers on a cluster run in the directory
+    # `ray start` ran in. Not a setting (init=False), so not part of the config hash either.
+    cwd: str = field(default_factory=os.getcwd, init=False, repr=False, compare=False)
 
     def validate(self) -> list[str]:
         """Every problem with the settings, as messages naming the field; empty when fine."""
@@ -241,6 +247,10 @@ class Source:
         if not isinstance(self.name, str) or not self.name.strip():
             problems.append(f"name: must be a non-empty string, got {self.name!r}")
         return problems
+
+    def local_path(self, p: str) -> str:
+        """A path setting of this source -> a filesystem path (see :func:`resolve_path`)."""
+        return resolve_path(p, self.cwd)
 
     def list_refs(self) -> list[str]:
         """Every item of the source, in a deterministic order; no image is decoded."""
@@ -290,15 +300,16 @@ def check_optional_str(problems: list[str], field: str, value: Any) -> None:
         problems.append(f"{field}: must be a non-empty string or null, got {value!r}")
 
 
-def expand_paths(paths: str | list[str]) -> tuple[list[str], list[str]]:
+def expand_paths(paths: str | list[str], base: str | None = None) -> tuple[list[str], list[str]]:
     """``(files, problems)``: the files one path/glob (or a list of them) names, sorted per pattern,
-    without repeats; a pattern that matches nothing is a problem naming the ``paths`` setting."""
+    without repeats; a pattern that matches nothing is a problem naming the ``paths`` setting.
+    Relative patterns are taken relative to ``base`` (see :func:`resolve_path`)."""
     pats = [paths] if isinstance(paths, str) else list(paths)
     out: list[str] = []
     problems: list[str] = []
     for pat in pats:
         try:
-            p = resolve_path(pat)
+            p = resolve_path(pat, base)
         except ValueError as e:
             problems.append(f"paths: {e}")
             continue

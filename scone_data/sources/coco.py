@@ -55,7 +55,6 @@ from scone_data.sources.base import (
     name_text,
     read_file_capped,
     rejected_row,
-    resolve_path,
     safe_text,
     to_batch,
 )
@@ -109,11 +108,11 @@ class CocoSource(Source):
 
     @property
     def _json_path(self) -> str:
-        return resolve_path(self.annotations)
+        return self.local_path(self.annotations)
 
     @property
     def _root(self) -> str:
-        return resolve_path(self.image_root) if self.image_root else os.path.dirname(self._json_path)
+        return self.local_path(self.image_root) if self.image_root else os.path.dirname(self._json_path)
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -122,7 +121,7 @@ class CocoSource(Source):
         check_optional_str(problems, "captions", self.captions)
         if isinstance(self.image_root, str) and self.image_root:
             try:
-                if not os.path.isdir(resolve_path(self.image_root)):
+                if not os.path.isdir(self.local_path(self.image_root)):
                     problems.append(f"image_root: {self.image_root!r} is not a folder")
             except ValueError as e:
                 problems.append(f"image_root: {e}")
@@ -143,7 +142,7 @@ class CocoSource(Source):
         doc = _read_coco_json(path)
         index = self._build_index(doc)
         if isinstance(self.captions, str) and self.captions:
-            cpath = resolve_path(self.captions)
+            cpath = self.local_path(self.captions)
             for a in _read_coco_json(cpath, images=False).get("annotations", []):
                 # COCO captions files hold several captions per image: the first one is used; captions of
                 # images the instances json does not list describe no row of this source
@@ -244,7 +243,7 @@ class CocoSource(Source):
         # the jsons: the annotations, and a captions json where one is set
         paths = [self._json_path]
         if isinstance(self.captions, str) and self.captions:
-            paths.append(resolve_path(self.captions))
+            paths.append(self.local_path(self.captions))
         return {name_text(os.path.abspath(p)): file_identity(p) for p in paths}
 
     def inputs(self, refs: list[str]) -> list[dict[str, str]]:
@@ -268,7 +267,7 @@ class CocoSource(Source):
         try:
             os.fsencode(fname)
             if fname.startswith(PKG_SCHEME):
-                return resolve_path(fname)
+                return self.local_path(fname)
         except (UnicodeEncodeError, ValueError):
             return None
         return os.path.abspath(os.path.join(root, fname))
@@ -304,7 +303,7 @@ class CocoSource(Source):
             return rejected_row(where, self.name, f"bad_image_entry: file_name {fname!r}", image_id=image_id)
         if fname.startswith(PKG_SCHEME):
             try:
-                path = resolve_path(fname)
+                path = self.local_path(fname)
             except ValueError:
                 return rejected_row(where, self.name, "missing_file", image_id=image_id)
         else:

@@ -38,7 +38,6 @@ from scone_data.sources.base import (
     name_text,
     read_file_capped,
     rejected_row,
-    resolve_path,
     to_batch,
 )
 
@@ -71,7 +70,7 @@ class FolderSource(Source):
             problems.append(f"root: must be a non-empty string, got {self.root!r}")
             return problems
         try:
-            root = resolve_path(self.root)
+            root = self.local_path(self.root)
         except ValueError as e:
             problems.append(f"root: {e}")
             return problems
@@ -81,7 +80,7 @@ class FolderSource(Source):
 
     @property
     def _root(self) -> str:
-        return os.path.abspath(resolve_path(self.root))
+        return os.path.abspath(self.local_path(self.root))
 
     def list_refs(self) -> list[str]:
         root = self._root

@@ -42,7 +42,6 @@ from scone_data.sources.base import (
     make_row,
     read_file_capped,
     rejected_row,
-    resolve_path,
     to_batch,
 )
 
@@ -102,7 +101,7 @@ class ParquetSource(Source):
 
     def files(self) -> tuple[list[str], list[str]]:
         """``(files, problems)``: the parquet files ``paths`` names, in order."""
-        return expand_paths(self.paths)
+        return expand_paths(self.paths, self.cwd)
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -117,7 +116,7 @@ class ParquetSource(Source):
             problems.append("root: only used with path_column")
         if isinstance(self.root, str) and self.root:
             try:
-                if not os.path.isdir(resolve_path(self.root)):
+                if not os.path.isdir(self.local_path(self.root)):
                     problems.append(f"root: {self.root!r} is not a folder")
             except ValueError as e:
                 problems.append(f"root: {e}")
@@ -163,9 +162,9 @@ class ParquetSource(Source):
 
     def input_folders(self) -> list[str]:
         pats = [self.paths] if isinstance(self.paths, str) else list(self.paths)
-        folders = [dir_of(resolve_path(p)) for p in pats]
+        folders = [dir_of(self.local_path(p)) for p in pats]
         if self.root is not None:
-            folders.append(os.path.abspath(resolve_path(self.root)))
+            folders.append(os.path.abspath(self.local_path(self.root)))
         return folders
 
     def _path_values(self, path: str) -> list:
@@ -178,10 +177,10 @@ class ParquetSource(Source):
         """The file a ``path_column`` value names (not checked to stay inside the root), or None."""
         if rel.startswith(PKG_SCHEME):
             try:
-                return resolve_path(rel)
+                return self.local_path(rel)
             except ValueError:
                 return None
-        base = resolve_path(self.root) if self.root else os.path.dirname(parquet_path)
+        base = self.local_path(self.root) if self.root else os.path.dirname(parquet_path)
         return os.path.normpath(os.path.join(base, rel))
 
     def read(self, refs: list[str]) -> dict[str, list]:
@@ -260,7 +259,7 @@ class ParquetSource(Source):
         if full is None:
             return rejected_row(uri, self.name, "missing_file", **meta)
         if not rel.startswith(PKG_SCHEME):
-            base = resolve_path(self.root) if self.root else os.path.dirname(parquet_path)
+            base = self.local_path(self.root) if self.root else os.path.dirname(parquet_path)
             if not is_within(full, base):
                 return rejected_row(uri, self.name, "path_outside_root", **meta)
         data, reason = read_file_capped(full, self.max_file_bytes)

@@ -50,7 +50,6 @@ from scone_data.sources.base import (
     make_row,
     name_text,
     rejected_row,
-    resolve_path,
     to_batch,
 )
 
@@ -184,12 +183,12 @@ class WebDatasetSource(Source):
         problems = super().validate()
         check_positive_int(problems, "max_member_bytes", self.max_member_bytes)
         if check_paths(problems, self.paths):
-            problems += expand_paths(self.paths)[1]
+            problems += expand_paths(self.paths, self.cwd)[1]
         return problems
 
     def list_refs(self) -> list[str]:
         refs = []
-        for path in expand_paths(self.paths)[0]:
+        for path in expand_paths(self.paths, self.cwd)[0]:
             s = _scanned(path, self.max_member_bytes)
             if s.tar is None:
                 refs.append(f"{path}#{UNREADABLE}")
@@ -214,7 +213,7 @@ class WebDatasetSource(Source):
 
     def input_folders(self) -> list[str]:
         pats = [self.paths] if isinstance(self.paths, str) else list(self.paths)
-        return [dir_of(resolve_path(p)) for p in pats]
+        return [dir_of(self.local_path(p)) for p in pats]
 
     def read(self, refs: list[str]) -> dict[str, list]:
         rows: list[dict | None] = [None] * len(refs)

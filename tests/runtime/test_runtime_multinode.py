@@ -150,12 +150,16 @@ def cluster():
 
 
 def _build_cli(repo_root: Path, out: Path, env: dict[str, str], *extra: str, cluster: Cluster | None = None):
-    """Run ``scone-data build`` on the demo; returns (seconds, what ``cluster.watch`` saw)."""
+    """Run ``scone-data build`` on the demo; returns (seconds, what ``cluster.watch`` saw).
+
+    The driver runs in ``out``'s parent and names the output relatively, as the demo's own
+    ``output: out/demo`` does: the nodes run in another directory (the test's), so this checks the
+    path reaches them absolute."""
     cmd = [sys.executable, "-m", "scone_data.cli", "build", str(repo_root / "pipelines/demo.yaml"),
-           f"output={out}", *OVERRIDES, *extra]  # fmt: skip
+           f"output={out.name}", *OVERRIDES, *extra]  # fmt: skip
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=out.parent)
         try:
             seen = cluster.watch(proc) if cluster else []
             proc.wait(timeout=600 if cluster is None else 5)

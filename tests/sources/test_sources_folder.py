@@ -127,6 +127,25 @@ def test_pkg_uri_root():
         resolve_path("pkg://no_such_package_xyz/a.png")
 
 
+def test_relative_root_is_read_from_the_directory_the_source_was_made_in(hostile, tmp_path, monkeypatch):
+    """A Ray worker on another node runs in the directory ``ray start`` ran in, not the driver's: a
+    relative root must still name the driver's folder there (and stay out of the config hash)."""
+    from scone_data.runtime.config import settings_hash
+
+    monkeypatch.chdir(tmp_path)
+    src = FolderSource(name="rel", root="root")
+    elsewhere = tmp_path / "worker_cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # what a worker sees: the same pickled source, another directory
+    twin = FolderSource(name="rel", root="root")  # the same settings, made in another directory
+    assert src.validate() == [] and "good.jpg" in src.list_refs()
+    out = DecodeImages()(src.read(["good.jpg"]))
+    assert out["status"] == ["ok"] and out["caption"] == ["a red ball"]
+    assert src.input_folders() == [str(hostile)]
+    assert settings_hash("v", [src]) == settings_hash("v", [twin])  # cwd is not a setting
+    assert twin.validate() != []  # made here, "root" is another (missing) folder
+
+
 def test_make_source_lists_every_problem(hostile, tmp_path):
     import pickle
 
