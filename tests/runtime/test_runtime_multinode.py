@@ -159,7 +159,9 @@ def _build_cli(repo_root: Path, out: Path, env: dict[str, str], *extra: str, clu
            f"output={out.name}", *OVERRIDES, *extra]  # fmt: skip
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=out.parent)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=out.parent
+        )
         try:
             seen = cluster.watch(proc) if cluster else []
             proc.wait(timeout=600 if cluster is None else 5)
