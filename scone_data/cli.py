@@ -22,7 +22,8 @@ def _summary(manifest: dict, out: str) -> str:
         "",
         "samples per task:",
     ]
-    w = max([len(k) for k in manifest["tasks"]] + [4])
+    keys = [*manifest["tasks"], *manifest["rejects"], *manifest["pair_rejects"]]
+    w = max([len(k) for k in keys] + [4])  # one column for every table, as wide as its longest name
     lines += [f"  {k:<{w}}  {v:>7}" for k, v in manifest["tasks"].items()] or ["  (none)"]
     lines += ["samples per split:"] + [f"  {k:<{w}}  {v:>7}" for k, v in manifest["splits"].items()]
     if manifest["rejects"]:

@@ -39,10 +39,13 @@ class BankSubject:
     colors: tuple[tuple[str, float], ...] = ()
 
 
-def split_of(image: dict, val_fraction: float) -> str:
+def split_of(image: dict, val_fraction: float, val_images: frozenset[str] | list[str] = ()) -> str:
     """``"val"`` or ``"train"`` by a hash of the image's ``group_id`` (if any) or ``image_id``, so all
-    images of one group land on the same side."""
+    images of one group land on the same side; an image whose id or group id is in ``val_images`` is
+    always ``"val"``."""
     unit = image.get("group_id") or image["image_id"]
+    if unit in val_images or image["image_id"] in val_images:
+        return "val"
     h = int.from_bytes(hashlib.sha256(f"{SPLIT_SALT}|{unit}".encode()).digest()[:8], "big")
     return "val" if h / 2.0**64 < val_fraction else "train"
 
@@ -72,6 +75,13 @@ class BankIndex:
             "train": defaultdict(list),
             "val": defaultdict(list),
         }
+        val_set = frozenset(cfg.val_images)
+        known = {im["image_id"] for im in images.values()} | {im.get("group_id") for im in images.values()}
+        if val_set - known:
+            from scone_data.runtime.overrides import ConfigError
+
+            missing = ", ".join(sorted(val_set - known))
+            raise ConfigError([f"pairs.val_images: no image or group of this id in the bank: {missing}"])
         for s in sorted(subjects, key=lambda s: s["subject_id"]):
             reason, box = self._check(s, images, cfg)
             if reason:
@@ -87,7 +97,7 @@ class BankIndex:
                 mbox=mbox,
                 area=area,
                 color=str(s.get("attributes", {}).get("color", "")),
-                split=split_of(img, cfg.val_fraction),
+                split=split_of(img, cfg.val_fraction, val_set),
                 colors=color_shares(s.get("attributes", {})),
             )
             self.by_id[b.subject_id] = b

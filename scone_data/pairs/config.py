@@ -52,6 +52,14 @@ class PairConfig:
     min_subject_side_px: int = 24
     min_subject_area_frac: float = 0.001
     val_fraction: float = 0.05
+    # Source images (image ids, or group ids: the whole group) held in the validation split on top of
+    # the hashed ``val_fraction``: a fixed evaluation set, e.g. one chosen so that it holds every task
+    # type (the demo's). Every listed id must be in the bank.
+    val_images: list[str] = field(default_factory=list)
+    # Samples of each task type planned first from validation images alone (part of the task's quota),
+    # so that a small val split still holds every task type; a slot that no val image can fill is
+    # counted as ``unfilled_val:<task>``. 0: the split follows the images drawn.
+    val_min_per_task: int = 0
     # References: square canvases of this side; the target keeps its aspect, its long side capped.
     ref_size: int = 512
     target_max_side: int = 1024
@@ -135,6 +143,12 @@ class PairConfig:
                 p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             p.append(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.val_min_per_task < 0:
+            p.append(f"val_min_per_task: must be >= 0, got {self.val_min_per_task}")
+        if not isinstance(self.val_images, list) or not all(
+            isinstance(v, str) and v for v in self.val_images
+        ):
+            p.append(f"val_images: must be a list of image or group ids, got {self.val_images!r}")
         # below 64 px a reference or target no longer shows a recognisable subject
         if self.ref_size < 64:
             p.append(f"ref_size: must be >= 64, got {self.ref_size}")

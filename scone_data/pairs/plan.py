@@ -62,19 +62,26 @@ def plan_samples(
     rng = random.Random(f"scone-data/pairs/{cfg.seed}")
     planner = TaskPlanner(bank, cfg, load_image)
     n = cfg.num_samples or round(cfg.samples_per_image * len(bank.image_ids))
-    slots = [t for t, q in task_quotas(cfg.normalised_mix(), n).items() for _ in range(q)]
+    quotas = task_quotas(cfg.normalised_mix(), n)
+    slots = [t for t, q in quotas.items() for _ in range(q)]
     rng.shuffle(slots)
     pools = {t: planner.eligible_images(t) for t in set(slots)}
+    # ``val_min_per_task`` slots of each task are filled first and only from validation images, so
+    # the (small) val split holds every task type; they are part of the task's quota, not extra
+    val_slots = [t for t, q in quotas.items() for _ in range(min(q, cfg.val_min_per_task))]
+    for t in val_slots:
+        slots.remove(t)
+    val_pools = {t: [i for i in pools[t] if bank.split_of_image(i) == "val"] for t in set(val_slots)}
     image_uses: Counter = Counter()
     label_uses: Counter = Counter()
     keys: set[str] = set()
     plans: list[SamplePlan] = []
-    for task in slots:
-        pool = pools[task]
+    for val_only, task in [(True, t) for t in val_slots] + [(False, t) for t in slots]:
+        pool = val_pools[task] if val_only else pools[task]
         for _ in range(MAX_ATTEMPTS_PER_SLOT):
             image_id = _draw_image(pool, image_uses, cfg.max_samples_per_image, rng)
             if image_id is None:
-                rejects[f"no_eligible_image:{task}"] += 1
+                rejects[f"no_eligible_{'val_' if val_only else ''}image:{task}"] += 1
                 break
             out = planner.plan(task, image_id, rng, label_uses)
             if isinstance(out, str):
@@ -101,7 +108,7 @@ def plan_samples(
             label_uses.update({t.label for t in targets})
             break
         else:
-            rejects[f"unfilled:{task}"] += 1
+            rejects[f"unfilled{'_val' if val_only else ''}:{task}"] += 1
     if cfg.rewrite_model:
         from scone_data.pairs.rewrite import load_generator, rewrite_plans
 

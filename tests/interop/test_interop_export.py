@@ -15,6 +15,7 @@ from PIL import Image
 
 from scone_data.interop.export import describe_candidates, export_scone_parquet, export_sconeeval_jsonl
 from scone_data.interop.reader import InteropError, iter_samples
+from scone_data.pairs import TASKS
 
 
 def _scone_loader_rows(data_dir: str, parquet_info: dict):
@@ -154,13 +155,14 @@ def test_sconeeval_refuses_a_missing_task_type(tmp_path, capsys):
 def test_sconeeval_jsonl(demo_output, tmp_path, capsys):
     dest = tmp_path / "eval"
     argv = ["export", str(demo_output), str(dest), "--format", "sconeeval-jsonl", "--no-progress"]
-    assert run_cli(argv + ["--allow-missing"]) == 0
+    assert run_cli(argv) == 0  # the demo's val split holds all six task types: nothing missing
     lines = [json.loads(x) for x in (dest / "data.jsonl").read_text().splitlines()]
     val = [rec for rec, _ in iter_samples(demo_output, "val", want_images=False)]
     assert len(lines) == len(val) > 0
+    assert {row["task_type"] for row in lines} == set(TASKS)
     cap = capsys.readouterr()
-    assert "samples" in cap.out and "missing tasks" in cap.out
-    assert "warning:" in cap.err and "--allow-missing" in cap.err
+    assert "samples" in cap.out and "missing tasks" not in cap.out
+    assert "warning:" not in cap.err
     for row, rec in zip(lines, val, strict=True):
         assert set(row) == {
             "key",

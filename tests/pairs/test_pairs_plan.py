@@ -113,6 +113,34 @@ def test_group_id_keeps_a_group_on_one_side():
     assert len({split_of({"image_id": f"img{i}"}, 0.5) for i in range(50)}) == 2
 
 
+def test_val_images_and_a_val_quota_per_task():
+    """Named images are held in val (on top of the hashed fraction, never leaking into train), and
+    ``val_min_per_task`` fills one slot of every task from val images first: a val split of four of 40
+    images holds all six task types, where the plain draw leaves most of them out."""
+    subjects, images, _ = make_bank(n_synthetic=40, seed=1, labels=SHAPE_LABELS[:3])
+    labels = {i: {s["label"] for s in subjects if s["image_id"] == i} for i in images}
+    ids = sorted(images, key=lambda i: (-len(labels[i]), i))  # multi tasks need several labels
+    held = ids[:4]
+    assert split_of(images[ids[0]], 0.0, held) == "val" and split_of(images[ids[-1]], 0.0, held) == "train"
+    base = dict(num_samples=60, max_samples_per_image=0, crop_prob=0.5, val_images=held)
+    plain, plain_rejects = plan_samples(subjects, images, cfg(**base))
+    quota, rejects = plan_samples(subjects, images, cfg(**base, val_min_per_task=1))
+    for plans, rej in ((plain, plain_rejects), (quota, rejects)):
+        # the quota takes slots of each task's share, it adds none: every slot is planned or counted
+        unfilled = sum(v for k, v in rej.items() if k.startswith(("unfilled", "no_eligible")))
+        assert len(plans) + unfilled == 60, rej
+        for p in plans:
+            used = {p.image_id} | {c.image_id for r in p.references for c in r.candidates}
+            assert {images[i]["image_id"] in held for i in used} == {p.split == "val"}, p
+    val_tasks = Counter(p.task for p in quota if p.split == "val")
+    assert set(val_tasks) == set(TASKS), (val_tasks, rejects)
+    assert len({p.task for p in plain if p.split == "val"}) < len(TASKS)
+    with pytest.raises(ValueError, match="no image or group of this id in the bank: nope"):
+        plan_samples(subjects, images, cfg(val_images=["nope"]))
+    with pytest.raises(ValueError, match="val_min_per_task"):
+        plan_samples(subjects, images, cfg(val_min_per_task=-1))
+
+
 def test_task_mix_within_two_percent_over_1000_samples():
     subjects, images, _ = make_bank(n_synthetic=300, seed=2, labels=SHAPE_LABELS)
     mix = {"composition_single": 3, "composition_multi": 2, "distinction_single_cross": 2,

@@ -27,7 +27,8 @@ def truth_build(tmp_path_factory, repo_root):
     cfg = load_config(
         repo_root / "pipelines/demo.yaml",
         [f"output={out}", "runtime.executor=local", "runtime.progress=false", "pairs.samples_per_image=16",
-         "pairs.crop_prob=1.0", "pairs.max_samples_per_image=0"],
+         "pairs.crop_prob=1.0", "pairs.max_samples_per_image=0",
+         "pairs.val_images=[]", "pairs.val_fraction=0.05"],
     )  # fmt: skip
     cfg["sources"] = [
         {

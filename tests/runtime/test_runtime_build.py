@@ -48,6 +48,16 @@ def test_demo_makes_every_task_and_validates(demo_ray):
     assert set(manifest["splits"]) <= {"train", "val"}
     assert validate_output(out) == []
     assert main(["validate", str(out)]) == 0
+    # the demo's fixed val split (pairs.val_images + val_min_per_task) holds every task type, so its
+    # SconeEval export is complete; no val photo is used by a train sample
+    tasks = {s: set() for s in ("train", "val")}
+    images = {s: set() for s in ("train", "val")}
+    for sample in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False):
+        rec = json.loads(sample["json"])
+        tasks[rec["split"]].add(rec["task"])
+        images[rec["split"]] |= {c["source_image_id"] for r in rec["references"] for c in r["candidates"]}
+    assert tasks["val"] == TASKS, tasks
+    assert images["val"] <= {"demo-1", "demo-11"} and not images["val"] & images["train"]
 
 
 def test_ray_and_in_process_builds_are_byte_identical(demo_ray, demo_local):
