@@ -9,12 +9,13 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 log = logging.getLogger("scone_data")
 
 
 def _summary(manifest: dict, out: str) -> str:
+    from scone_data.shards.output import Output
+
     lines = [
         f"output: {out}",
         f"images {manifest['images']}  subjects {manifest['subjects']}  "
@@ -34,7 +35,7 @@ def _summary(manifest: dict, out: str) -> str:
         lines += ["samples not made, by reason:"]
         lines += [f"  {k:<{w}}  {v:>7}" for k, v in manifest["pair_rejects"].items()]
     total = sum(s["bytes"] for s in manifest["shards"])
-    lines.append(f"shard bytes: {total / 1e6:.1f} MB in {Path(out) / 'shards'}")
+    lines.append(f"shard bytes: {total / 1e6:.1f} MB in {Output(out).shard_dir}")
     return "\n".join(lines)
 
 
@@ -75,6 +76,7 @@ def cmd_regen(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from scone_data.shards.output import Output
     from scone_data.shards.validate import validate_output
 
     problems = validate_output(args.output, decode_images=not args.no_decode)
@@ -84,7 +86,7 @@ def cmd_validate(args) -> int:
         print(f"{len(problems)} problem(s) in {args.output}")
         _emit_summary("validate", ok=False, problems=problems)
         return 1
-    m = json.loads((Path(args.output) / "manifest.json").read_text())
+    m = Output(args.output).read_manifest(validate=False)  # just validated
     print(f"ok: {m['samples']} samples in {len(m['shards'])} shards, all checks passed")
     _emit_summary("validate", ok=True, samples=m["samples"], shards=len(m["shards"]))
     return 0
@@ -122,15 +124,12 @@ def _fail(command: str, err: Exception, code: int) -> int:
 
 def load_manifest(output: str) -> dict:
     """The manifest of ``output``, checked against its schema; :class:`BadInput` when it is not one."""
-    from scone_data import schemas
+    from scone_data.shards.output import ManifestError, Output
 
-    p = Path(output) / "manifest.json"
     try:
-        manifest = json.loads(p.read_bytes())
-        schemas.validate("manifest", manifest)
-    except ValueError as e:  # bad JSON, bad UTF-8 and schemas.SchemaError are all ValueErrors
-        raise BadInput(f"{p} is not a scone-data manifest ({' '.join(str(e).split())[:200]})") from None
-    return manifest
+        return Output(output).read_manifest()
+    except ManifestError as e:  # bad JSON, bad UTF-8, not the schema, or missing: one line naming it
+        raise BadInput(str(e)) from None
 
 
 class BadInput(Exception):
@@ -138,8 +137,9 @@ class BadInput(Exception):
 
 
 def cmd_stats(args) -> int:
-    p = Path(args.output) / "manifest.json"
-    if not p.exists():
+    from scone_data.shards.output import Output
+
+    if not Output(args.output).has_manifest():
         print(f"{args.output}: no manifest.json", file=sys.stderr)
         return 1
     manifest = load_manifest(args.output)

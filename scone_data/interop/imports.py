@@ -62,7 +62,8 @@ from scone_data.interop.convert import (
 from scone_data.interop.reader import InteropError, claim_folder
 from scone_data.interop.report import Reporter
 from scone_data.runtime.config import ShardSettings
-from scone_data.shards.files import write_json, write_parquet
+from scone_data.shards.files import write_parquet
+from scone_data.shards.output import Output
 from scone_data.shards.writer import ShardWriter
 
 __all__ = ["FORMATS", "PRESETS", "REASONS", "FieldMap", "detect_layout", "field_map", "import_dataset"]
@@ -231,7 +232,8 @@ def import_dataset(
         cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         total = sum(len(src) for src in srcs)
         reporter.start(format=fmt, sources=[str(p) for p in paths], output=str(out), rows=total)
-        shard_dir = out / "shards"
+        dest = Output(out)
+        shard_dir = dest.shard_dir
         shard_dir.mkdir(parents=True, exist_ok=True)
         rejects: list[dict[str, Any]] = []
         shards: list[dict[str, Any]] = []
@@ -270,7 +272,7 @@ def import_dataset(
                         bar.update()
                         continue
                     if writer is None:
-                        writer = ShardWriter(shard_dir, f"{split}-{len(shards):05d}")
+                        writer = ShardWriter(shard_dir, Output.shard_name(split, len(shards)))
                     writer.write(rec, members)
                     seen.add(rec["key"])
                     tasks[rec["task"]] += 1
@@ -283,7 +285,7 @@ def import_dataset(
                         close_shard()
                     bar.update()
         close_shard()
-        write_parquet(out / "rejects.parquet", schemas.to_table("reject", rejects))
+        write_parquet(dest.rejects, schemas.to_table("reject", rejects))
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "scone_data_version": __version__,
@@ -300,13 +302,12 @@ def import_dataset(
             "pair_rejects": {},
             "shards": shards,
         }
-        schemas.validate("manifest", manifest)
-        write_json(out / "manifest.json", manifest)
+        dest.write_manifest(manifest)
     if rejects and not tasks:
         first = rejects[0]
         raise InteropError(
             f"every row was rejected ({', '.join(f'{k}: {v}' for k, v in manifest['rejects'].items())}; "
             f"the first, {first['uri']}: {first['reason']} {first['detail']}); layout {layout}, fields "
-            f"{', '.join(fm.names())}; every reject is in {out / 'rejects.parquet'}"
+            f"{', '.join(fm.names())}; every reject is in {dest.rejects}"
         )
     return manifest

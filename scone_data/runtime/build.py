@@ -36,9 +36,10 @@ from scone_data.runtime.bank import (
     write_unit,
 )
 from scone_data.runtime.progress import progress
-from scone_data.shards.files import write_bytes, write_json, write_parquet
+from scone_data.shards.files import write_bytes, write_parquet
 from scone_data.shards.ledger import Ledger
-from scone_data.shards.writer import ShardWriter, iter_records
+from scone_data.shards.output import ManifestError, Output
+from scone_data.shards.writer import ShardWriter
 
 log = logging.getLogger("scone_data")
 
@@ -199,7 +200,7 @@ def render_shard(
     from scone_data.pairs.truth import check_sample
 
     loader = ImageLoader(image_part, max_pixels)
-    writer = ShardWriter(Path(out) / "shards", name)
+    writer = ShardWriter(Output(out).shard_dir, name)
     failed: Counter = Counter()
     for plan in plans:
         try:
@@ -228,7 +229,7 @@ def shard_jobs(plans: list, samples_per_shard: int) -> list[tuple[str, list]]:
     for split in sorted(by_split):
         ps = by_split[split]
         for i in range(0, len(ps), samples_per_shard):
-            jobs.append((f"{split}-{i // samples_per_shard:05d}", ps[i : i + samples_per_shard]))
+            jobs.append((Output.shard_name(split, i // samples_per_shard), ps[i : i + samples_per_shard]))
     return jobs
 
 
@@ -296,10 +297,10 @@ def finalize(
     plan_rejects: Counter,
     provenance: dict,
 ) -> dict[str, Any]:
-    out = Path(cfg["output"])
+    out = Output(cfg["output"])
     rejects = bank.rejects()
     write_parquet(
-        out / "rejects.parquet",
+        out.rejects,
         schemas.to_table("reject", rejects)
         if rejects
         else pa.Table.from_pylist([], schema=schemas.arrow_schema("reject")),
@@ -309,7 +310,7 @@ def finalize(
     pair_rejects = Counter(plan_rejects)
     for name, st in shard_stats.items():
         tasks.update(st["tasks"])
-        splits[name.split("-")[0]] += st["samples"]
+        splits[Output.split_of(name)] += st["samples"]
         pair_rejects.update(st.get("render_rejects", {}))
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -332,7 +333,9 @@ def finalize(
         ],
     }
     schemas.validate("manifest", manifest)
-    records = (r for n in sorted(shard_stats) for r in iter_records(out / "shards" / f"{n}.tar"))
+    # the shards in the manifest's order (sorted by name), records as written
+    samples = out.iter_samples(want_images=False, manifest=manifest, upgrade=False)
+    records = (rec for rec, _ in samples)
     reasons = Counter(manifest["rejects"]) + pair_rejects
     bank_info = {
         "mask_sources": Counter(str(s.get("mask_source", "annotation")) for s in bank.subjects),
@@ -340,9 +343,9 @@ def finalize(
         "captioned": sum(1 for r in bank.images.values() if r.get("caption")),
         "licenses": Counter(str(r.get("license") or "not declared") for r in bank.images.values()),
     }
-    write_bytes(out / "dataset_card.md", dataset_card(records, reasons, bank_info).encode())
+    write_bytes(out.card, dataset_card(records, reasons, bank_info).encode())
     # the manifest is written last: its presence means the whole output is complete
-    write_json(out / "manifest.json", manifest)
+    out.write_manifest(manifest)
     return manifest
 
 
@@ -388,17 +391,20 @@ def regen(
     bank_dir: str | Path, output: str | Path, overrides: list[str] | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
     """New shards in ``output`` from the bank of an earlier build, with ``overrides`` applied."""
-    import json
-
     bank_dir, output = Path(bank_dir), Path(output)
-    if not (bank_dir / "bank").is_dir():
+    if not Output(bank_dir).bank.is_dir():
         raise C.ConfigError([f"{bank_dir}: no bank/ directory (not the output of a build)"])
-    if not (bank_dir / "manifest.json").exists():
-        raise C.ConfigError([f"{bank_dir}: no manifest.json (the build did not finish; rerun it first)"])
     try:
-        src_manifest = json.loads((bank_dir / "manifest.json").read_bytes())
+        src_manifest = Output(bank_dir).read_manifest(validate=False)  # only config and its hash are used
         base = dict(src_manifest["config"])
         src_hash = src_manifest["config_hash"]
+    except ManifestError as e:
+        if e.missing:
+            raise C.ConfigError(
+                [f"{bank_dir}: no manifest.json (the build did not finish; rerun it first)"]
+            ) from None
+        why = f"{type(e.error).__name__}: {e.error}"
+        raise C.ConfigError([f"{bank_dir}/manifest.json is not a scone-data manifest ({why})"]) from None
     except (ValueError, KeyError, TypeError) as e:
         why = f"{type(e).__name__}: {e}"
         raise C.ConfigError([f"{bank_dir}/manifest.json is not a scone-data manifest ({why})"]) from None

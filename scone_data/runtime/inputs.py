@@ -39,6 +39,7 @@ from typing import Any
 from scone_data.runtime.bank import KINDS, PART_NAME
 from scone_data.runtime.config import ConfigError
 from scone_data.runtime.outdir import OutputError
+from scone_data.shards.output import Output
 
 MAX_LISTED = 20  # lines of an InputsChanged message; the rest is counted
 UNIT_NAME = "unit-{:05d}"
@@ -198,5 +199,6 @@ def _parts_beyond(out: Path, n_units: int) -> list[tuple[int, str]]:
 
 def _bank_was_complete(out: Path) -> bool:
     """The shard phase started (it only does once every unit is done) or the run finished."""
-    shards = out / "ledger" / "shards"
-    return (out / "manifest.json").exists() or (shards.is_dir() and any(shards.glob("*.done")))
+    output = Output(out)
+    shards = output.ledger / "shards"
+    return output.has_manifest() or (shards.is_dir() and any(shards.glob("*.done")))

@@ -33,12 +33,13 @@ from scone_data import schemas
 from scone_data.runtime.bank import check_bank, one_line
 from scone_data.runtime.outdir import LOCK_NAME
 from scone_data.shards.files import TMP_PREFIX
+from scone_data.shards.output import CARD, MANIFEST, REJECTS, SHARD_EXTS, ManifestError, Output
 from scone_data.shards.writer import _padded
 
 MAX_PROBLEMS_PER_SHARD = 20  # past this a shard is clearly broken; more lines would bury the others
 # what a build, regen or import writes at the top of its output
-TOP_FILES = {"manifest.json", "rejects.parquet", "dataset_card.md", LOCK_NAME}
-SHARD_FILES = (".tar", ".parquet", ".stats.json")
+TOP_FILES = {MANIFEST, REJECTS, CARD, LOCK_NAME}
+SHARD_FILES = SHARD_EXTS
 
 
 class _Tally:
@@ -96,7 +97,7 @@ def _read_tar(name: str, data: bytes, problems: list[str]):
 def _check_records(name: str, groups, order, decode_images: bool, problems: list[str]) -> dict[str, dict]:
     import cv2
 
-    split = name.split("-")[0]
+    split = Output.split_of(name)
     records: dict[str, dict] = {}
     for key in order:
         members = groups[key]
@@ -182,9 +183,9 @@ def _check_stats(name: str, path: Path, data: bytes, digest: str, tally: _Tally,
             problems.append(f"{name}: stats {k} {st.get(k)!r} != {v!r} in the tar")
 
 
-def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[list[str], _Tally]:
+def _check_shard(out: Output, entry: dict, decode_images: bool) -> tuple[list[str], _Tally]:
     name = entry["name"]
-    tar_path = shard_dir / f"{name}.tar"
+    tar_path = out.shard_path(name)
     problems: list[str] = []
     tally = _Tally()
     if not tar_path.exists():
@@ -207,15 +208,15 @@ def _check_shard(shard_dir: Path, entry: dict, decode_images: bool) -> tuple[lis
         if key in records:
             tally.add(records[key])
     tally.samples = len(order)  # not counted by add: a sample whose json is bad is one in the tar too
-    _check_index(name, shard_dir / f"{name}.parquet", order, records, first_offset, end, problems)
-    _check_stats(name, shard_dir / f"{name}.stats.json", data, digest, tally, problems)
+    _check_index(name, out.shard_path(name, ".parquet"), order, records, first_offset, end, problems)
+    _check_stats(name, out.shard_path(name, ".stats.json"), data, digest, tally, problems)
     if entry["samples"] != len(order):
         problems.append(f"{name}: manifest says {entry['samples']} samples, tar has {len(order)}")
     return problems[:MAX_PROBLEMS_PER_SHARD], tally
 
 
-def _check_rejects(out: Path, manifest: dict) -> list[str]:
-    path = out / "rejects.parquet"
+def _check_rejects(out: Output, manifest: dict) -> list[str]:
+    path = out.rejects
     if not path.exists():
         return ["rejects.parquet is missing"]
     try:
@@ -279,19 +280,21 @@ def _unknown_files(out: Path, listed: set[str]) -> list[str]:
 
 def validate_output(output: str | Path, decode_images: bool = True) -> list[str]:
     out = Path(output)
-    mpath = out / "manifest.json"
-    if not mpath.exists():
-        return [f"{out}: no manifest.json (the run did not finish)"]
+    dest = Output(out)
     try:
-        manifest = json.loads(mpath.read_bytes())
-        schemas.validate("manifest", manifest)
-    except (OSError, ValueError, schemas.SchemaError) as e:
+        manifest = dest.read_manifest()
+    except ManifestError as e:
+        return [
+            f"{out}: no manifest.json (the run did not finish)"
+            if e.missing
+            else f"manifest.json: {one_line(e.error)}"
+        ]
+    except OSError as e:
         return [f"manifest.json: {one_line(e)}"]
-    shard_dir = out / "shards"
     problems: list[str] = []
     tally = _Tally()
     for entry in manifest["shards"]:
-        p, t = _check_shard(shard_dir, entry, decode_images)
+        p, t = _check_shard(dest, entry, decode_images)
         problems += p
         tally.merge(t)
     problems += _unknown_files(out, {e["name"] for e in manifest["shards"]})
@@ -303,6 +306,6 @@ def validate_output(output: str | Path, decode_images: bool = True) -> list[str]
         have = dict(sorted(have.items()))
         if have != manifest[what]:
             problems.append(f"manifest: {what} {manifest[what]} != {have} in the shards")
-    problems += _check_rejects(out, manifest)
+    problems += _check_rejects(dest, manifest)
     problems += _check_sources(out, manifest, tally)
     return problems
