@@ -32,6 +32,7 @@ from scone_data.interop.charts import bar_chart
 from scone_data.interop.reader import iter_samples, load_manifest
 from scone_data.interop.report import Reporter
 from scone_data.pairs.config import TASKS
+from scone_data.shards.output import Output
 from scone_data.stages.decode import DecodeImages
 
 MAX_STATS_SAMPLES = 100_000  # json members read for the charts; past this the charts show a prefix
@@ -110,7 +111,8 @@ def sample_card(rec: dict[str, Any], members: dict[str, bytes]) -> str:
 
 
 def _bank_view(output: Path, limit: int) -> tuple[str, int]:
-    parts = sorted((output / "bank" / "subjects").glob("*.parquet"))
+    bank = Output(output).bank
+    parts = sorted((bank / "subjects").glob("*.parquet"))
     if not parts or limit <= 0:
         return '<p class="empty">no subject bank in this output</p>', 0
     subjects = [s for p in parts for s in schemas.from_table("subject", pq.read_table(p))]
@@ -123,7 +125,7 @@ def _bank_view(output: Path, limit: int) -> tuple[str, int]:
         rnd += 1
     want = {s["image_id"] for s in chosen}
     images: dict[str, bytes] = {}
-    for p in sorted((output / "bank" / "images").glob("*.parquet")):
+    for p in sorted((bank / "images").glob("*.parquet")):
         t = pq.read_table(p, columns=["image_id", "image_bytes"])
         for iid, b in zip(t.column("image_id").to_pylist(), t.column("image_bytes").to_pylist(), strict=True):
             if iid in want and iid not in images:
@@ -215,7 +217,7 @@ def build_report(
         return len(cards.setdefault(rec["task"], [])) < per_task
 
     with reporter.phase(min(total, MAX_STATS_SAMPLES), "inspect samples") as bar:
-        for rec, members in iter_samples(output, split, want_images=want):
+        for rec, members in iter_samples(output, split, want_images=want, manifest=manifest):
             if seen >= MAX_STATS_SAMPLES:
                 break
             seen += 1
@@ -227,10 +229,9 @@ def build_report(
                 cards[rec["task"]].append(sample_card(rec, members))
             bar.update()
     rejects: Counter = Counter()
-    if (output / "rejects.parquet").exists():
-        rejects.update(
-            pq.read_table(output / "rejects.parquet", columns=["reason"]).column("reason").to_pylist()
-        )
+    rejects_path = Output(output).rejects
+    if rejects_path.exists():
+        rejects.update(pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist())
     rejects.update({f"sample: {k}": v for k, v in manifest.get("pair_rejects", {}).items()})
     with reporter.phase(1, "subject bank") as bar:
         bank_html, n_bank = _bank_view(output, bank_subjects)

@@ -4,13 +4,13 @@ A sample is ``(record, members)``: the parsed ``{key}.json`` and a dict of its o
 (``ref0.jpg`` ... ``target.jpg`` -> encoded bytes). Members of a sample are sorted in the tar
 (``json`` < ``ref*`` < ``target``), so the json is seen first and a caller can decide per record
 whether the image bytes are read at all (``want_images``): statistics over a large output then only
-read the small json members and seek past the JPEGs.
+read the small json members and seek past the JPEGs. The reading is
+:class:`scone_data.shards.output.Output`'s; this module gives its errors the interop commands'
+wording and exit codes (:class:`InteropError`).
 """
 
 from __future__ import annotations
 
-import json
-import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scone_data import schemas
+from scone_data.shards.output import ManifestError, Output, ShardError
 
 
 class InteropError(Exception):
@@ -44,17 +44,18 @@ def claim_folder(folder: Path, command: str, **kw: Any) -> Iterator[Path]:
 
 
 def load_manifest(output: str | Path) -> dict[str, Any]:
-    p = Path(output) / "manifest.json"
-    if not p.exists():
-        raise InteropError(f"{output}: no manifest.json (not a scone-data output, or the run did not finish)")
+    """The manifest of ``output`` (:meth:`Output.read_manifest`, not schema-checked: a shard list is
+    all the readers need); :class:`InteropError` 1 when missing, 2 when unusable."""
     try:
-        manifest = json.loads(p.read_bytes())
+        manifest = Output(output).read_manifest(validate=False)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-            raise ValueError("no shard list")
-    except ValueError as e:  # bad JSON and bad UTF-8 are ValueErrors too
-        raise InteropError(
-            f"{p} is not a scone-data manifest ({' '.join(str(e).split())[:200]})", code=2
-        ) from None
+            raise ManifestError(Output(output).manifest_path, "no shard list")
+    except ManifestError as e:
+        if e.missing:
+            raise InteropError(
+                f"{output}: no manifest.json (not a scone-data output, or the run did not finish)"
+            ) from None
+        raise InteropError(str(e), code=2) from None
     return manifest
 
 
@@ -69,8 +70,7 @@ def _corrupt(path: Path, e: Exception) -> InteropError:
 
 def shard_paths(output: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
     """The tars the manifest lists, in its order."""
-    manifest = manifest or load_manifest(output)
-    return [Path(output) / "shards" / f"{e['name']}.tar" for e in manifest["shards"]]
+    return Output(output).shards(manifest=manifest or load_manifest(output))
 
 
 def count_samples(
@@ -116,36 +116,14 @@ def iter_samples(
     manifest: dict[str, Any] | None = None,
     upgrade: bool = True,
 ) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
-    """Yield ``(record, members)`` of every sample (of ``split``, if given) in manifest/tar order.
+    """Yield ``(record, members)`` of every sample (of ``split``, if given) in manifest/tar order
+    (:meth:`Output.iter_samples`; a shard that cannot be read is an :class:`InteropError` 2).
 
     ``members`` is empty for records where ``want_images`` is (or returns) False. Records of an older
     sample schema (v1 shards) come in the current version unless ``upgrade`` is False.
     """
-    for tar_path in shard_paths(output, manifest):
-        try:
-            for rec, members in _tar_samples(tar_path, split, want_images):
-                yield (schemas.upgrade("sample", rec) if upgrade else rec), members
-        except (tarfile.TarError, EOFError, ValueError, KeyError) as e:  # torn tar, bad member json
-            raise _corrupt(tar_path, e) from None
-
-
-def _tar_samples(tar_path: Path, split, want_images) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
-    with tarfile.open(tar_path, "r:") as tf:
-        rec: dict[str, Any] | None = None
-        keep = False
-        members: dict[str, bytes] = {}
-        key = None
-        for m in tf:
-            k, _, ext = m.name.partition(".")
-            if k != key:
-                if rec is not None and (split is None or rec["split"] == split):
-                    yield rec, members
-                key, rec, members, keep = k, None, {}, False
-            if ext == "json":
-                rec = json.loads(tf.extractfile(m).read())
-                keep = split is None or rec["split"] == split
-                keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
-            elif keep:
-                members[ext] = tf.extractfile(m).read()
-        if rec is not None and (split is None or rec["split"] == split):
-            yield rec, members
+    manifest = manifest or load_manifest(output)
+    try:
+        yield from Output(output).iter_samples(split, want_images, manifest=manifest, upgrade=upgrade)
+    except ShardError as e:  # torn tar, bad member json
+        raise _corrupt(e.path, e.error) from None

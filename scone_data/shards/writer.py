@@ -102,10 +102,10 @@ class ShardWriter:
 
 
 def iter_records(tar_path: str | Path):
-    """The sample records of a shard, in order, reading only the json members (image data is seeked over)."""
-    import tarfile
+    """The sample records of a shard, in order, reading only the json members (image data is seeked
+    over). Kept for callers outside this package; new code reads through
+    :class:`scone_data.shards.output.Output`."""
+    from scone_data.shards.output import iter_tar
 
-    with tarfile.open(tar_path, "r:") as tf:
-        for m in tf:
-            if m.isfile() and m.name.endswith(".json"):
-                yield json.loads(tf.extractfile(m).read())
+    for rec, _ in iter_tar(tar_path, want_images=False):
+        yield rec
