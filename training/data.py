@@ -19,18 +19,28 @@ import torch
 from PIL import Image
 
 from scone_data import schemas
+from scone_data.shards.output import Output
 
 TASKS = schemas.tasks()  # the Sample schema is the one list of task types
 
 
 def list_shards(datasets: list[str], split: str) -> list[str]:
-    """Every `{split}-*.tar` of every dataset dir (a dir holding them, or its `shards/` subdir), sorted."""
+    """The `split` shards of every dataset dir, in order. An output of scone-data (the dir, or its
+    `shards/` subdir) gives the shards its manifest lists, so a stray tar in `shards/` is never read
+    and an unfinished output (a ledger, no manifest) is refused; a plain dir of tars with no
+    manifest gives its `{split}-*.tar` (or its `shards/` subdir's), sorted."""
     out = []
     for d in datasets:
         root = Path(d)
-        found = sorted(root.glob(f"{split}-*.tar")) or sorted((root / "shards").glob(f"{split}-*.tar"))
+        output = Output.of_dataset(root)
+        if output is not None:
+            found = output.shards(split)  # ManifestError (a ValueError) names a missing or bad manifest
+            missing = f"no {split} shards listed in {output.manifest_path}"
+        else:
+            found = sorted(root.glob(f"{split}-*.tar")) or sorted((root / "shards").glob(f"{split}-*.tar"))
+            missing = f"no {split}-*.tar shards under {root} (or {root / 'shards'})"
         if not found:
-            raise FileNotFoundError(f"no {split}-*.tar shards under {root} (or {root / 'shards'})")
+            raise FileNotFoundError(missing)
         out.extend(str(p) for p in found)
     return out
 
