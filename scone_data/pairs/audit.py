@@ -18,6 +18,7 @@ from pathlib import Path
 from scone_data.pairs.bank import mask_box, scene_index
 from scone_data.pairs.card import copy_paste_histogram
 from scone_data.pairs.truth import check_sample
+from scone_data.shards.output import Output
 
 # Keys of the samples with the most failed checks listed per task.
 WORST_KEYS = 5
@@ -42,31 +43,27 @@ def _mask_problems(bank) -> dict[str, str]:
 def audit(output: str | Path) -> dict:
     """Every sample of ``output`` checked; returns the per-task figures (see :func:`format_report`)."""
     from scone_data.runtime.bank import Bank
-    from scone_data.shards.writer import iter_records
 
     out = Path(output)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = Output(out).read_manifest(validate=False)
     max_cp = float((manifest.get("config", {}).get("pairs") or {}).get("max_copy_paste", 1.0))
     bank = Bank(out)
     scene, bad_masks = scene_index(bank.subjects, bank.rejected_subjects()), _mask_problems(bank)
     tasks: dict[str, dict] = {}
     scores: list[float] = []
-    for shard in manifest["shards"]:
-        for rec in iter_records(out / "shards" / f"{shard['name']}.tar"):
-            t = tasks.setdefault(rec["task"], {"samples": 0, "passed": 0, "reasons": Counter(), "worst": []})
-            image_id = rec["target"]["image_id"]
-            reasons = check_sample(rec, scene.get(image_id, ()), max_cp)
-            for ref in rec["references"]:
-                if ref.get("copy_paste") is not None:
-                    scores.append(float(ref["copy_paste"]))
-                reasons += [
-                    bad_masks[c["subject_id"]] for c in ref["candidates"] if c["subject_id"] in bad_masks
-                ]
-            t["samples"] += 1
-            t["passed"] += not reasons
-            t["reasons"].update(set(reasons))
-            if reasons:
-                t["worst"].append((-len(set(reasons)), rec["key"], sorted(set(reasons))))
+    for rec, _ in Output(out).iter_samples(want_images=False, manifest=manifest, upgrade=False):
+        t = tasks.setdefault(rec["task"], {"samples": 0, "passed": 0, "reasons": Counter(), "worst": []})
+        image_id = rec["target"]["image_id"]
+        reasons = check_sample(rec, scene.get(image_id, ()), max_cp)
+        for ref in rec["references"]:
+            if ref.get("copy_paste") is not None:
+                scores.append(float(ref["copy_paste"]))
+            reasons += [bad_masks[c["subject_id"]] for c in ref["candidates"] if c["subject_id"] in bad_masks]
+        t["samples"] += 1
+        t["passed"] += not reasons
+        t["reasons"].update(set(reasons))
+        if reasons:
+            t["worst"].append((-len(set(reasons)), rec["key"], sorted(set(reasons))))
     report = {"output": str(out), "max_copy_paste": max_cp, "tasks": {}, "copy_paste_histogram": []}
     for name in sorted(tasks):
         t = tasks[name]
@@ -99,7 +96,7 @@ def format_report(report: dict) -> str:
 
 def cmd_audit(args) -> int:
     out = Path(args.output)
-    if not (out / "manifest.json").is_file():
+    if not Output(out).has_manifest():
         print(f"error: {out}: no manifest.json (not a finished scone-data output)", file=sys.stderr)
         return 2
     report = audit(out)
