@@ -1,4 +1,5 @@
-"""Registry of the official detector/segmenter checkpoints: URL, sha256, size, cache directory.
+"""Registry of the official detector/segmenter checkpoints: URL, sha256, size, cache directory
+(model directories such as the VLMs: models/snapshots.py, reached through the same functions).
 
 Files live in ``$SCONE_DATA_CACHE`` (default ``~/.cache/scone-data/weights``) under their upstream
 file names, or anywhere a stage's ``checkpoint`` setting points to (offline use). A checkpoint is
@@ -88,7 +89,30 @@ def cache_dir() -> Path:
 
 
 def default_path(name: str) -> Path:
+    """Where checkpoint ``name`` lives in the cache: a file, or a directory for a model snapshot."""
+    if name not in CHECKPOINTS:
+        from scone_data.models import snapshots
+
+        return snapshots.default_path(name)
     return cache_dir() / CHECKPOINTS[name].filename
+
+
+def names() -> list[str]:
+    """Every registered name: single-file checkpoints, then model directories (models/snapshots.py)."""
+    from scone_data.models import snapshots
+
+    return [*CHECKPOINTS, *snapshots.SNAPSHOTS]
+
+
+def digest(name: str, path: str | os.PathLike | None = None) -> str:
+    """The sha256 that identifies ``name``'s weights at ``path`` (or in the cache): the file's own,
+    or for a model directory :func:`scone_data.models.snapshots.digest`."""
+    p = resolve(name, path)
+    if name in CHECKPOINTS:
+        return file_sha256(p)
+    from scone_data.models import snapshots
+
+    return snapshots.digest(p)
 
 
 def resolve(name: str, path: str | os.PathLike | None = None) -> Path:
@@ -126,7 +150,12 @@ def problems(name: str, path: str | os.PathLike | None = None, check_hash: bool 
     """Why checkpoint ``name`` at ``path`` (or in the cache) is not usable; [] when it is.
 
     ``check_hash=False`` (a stage's ``verify_sha256=False``) checks only that the file exists.
+    A model directory's checks are :func:`scone_data.models.snapshots.problems`.
     """
+    if name not in CHECKPOINTS:
+        from scone_data.models import snapshots
+
+        return snapshots.problems(name, path, check_hash)
     ck = CHECKPOINTS[name]
     p = resolve(name, path)
     fix = f"run `scone-data weights fetch {name}`" + (" or fix the configured path" if path else "")
@@ -158,8 +187,13 @@ def fetch(name: str, dest: str | os.PathLike | None = None, force: bool = False,
     """Download checkpoint ``name`` into ``dest`` (default: the cache), verifying size and sha256.
 
     Tries the URL, then the mirrors. Writes ``<file>.part`` and renames only after the hash matched,
-    so an interrupted download never leaves a file that looks complete.
+    so an interrupted download never leaves a file that looks complete. A model directory is
+    fetched file by file (:func:`scone_data.models.snapshots.fetch`).
     """
+    if name not in CHECKPOINTS:
+        from scone_data.models import snapshots
+
+        return snapshots.fetch(name, dest, force, log)
     ck = CHECKPOINTS[name]
     out = Path(dest).expanduser() / ck.filename if dest else default_path(name)
     if out.exists() and not force and not problems(name, out):

@@ -24,7 +24,9 @@ def add_weights_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="download even if a verified copy exists")
     v = sub.add_parser("verify", help="hash local files and compare with the registry")
     v.add_argument("names", nargs="*", help="checkpoint names (default: all present ones)")
-    v.add_argument("--path", default=None, help="verify this file instead of the cache copy (one name)")
+    v.add_argument(
+        "--path", default=None, help="verify this file or model directory instead of the cache copy"
+    )
     pa = sub.add_parser("path", help="print where a checkpoint is (or would be) stored")
     pa.add_argument("name")
     p.set_defaults(func=run_weights)
@@ -32,7 +34,7 @@ def add_weights_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _unknown(names: list[str]) -> list[str]:
-    return [n for n in names if n not in registry.CHECKPOINTS]
+    return [n for n in names if n not in registry.names()]
 
 
 def run_weights(args: argparse.Namespace) -> int:
@@ -43,7 +45,7 @@ def run_weights(args: argparse.Namespace) -> int:
     names = list(getattr(args, "names", None) or ([args.name] if getattr(args, "name", None) else []))
     bad = _unknown(names)
     if bad:
-        print(f"unknown checkpoint(s): {', '.join(bad)}; known: {', '.join(registry.CHECKPOINTS)}")
+        print(f"unknown checkpoint(s): {', '.join(bad)}; known: {', '.join(registry.names())}")
         return 2
     if cmd == "list":
         print(f"cache: {registry.cache_dir()}")
@@ -51,13 +53,18 @@ def run_weights(args: argparse.Namespace) -> int:
         for ck in registry.CHECKPOINTS.values():
             here = registry.default_path(ck.name).is_file()
             print(f"{ck.name:30} {ck.size or '?':>14}  {'yes' if here else 'no':8} {ck.sha256 or 'unknown'}")
+        from scone_data.models.snapshots import SNAPSHOTS
+
+        for s in SNAPSHOTS.values():  # model directories: their files' hashes are not published
+            here = registry.default_path(s.name).is_dir()
+            print(f"{s.name:30} {'directory':>14}  {'yes' if here else 'no':8} {s.repo_id}@{s.revision}")
         return 0
     if cmd == "path":
         print(registry.default_path(names[0]))
         return 0
     if cmd == "fetch":
         if args.all:
-            names = list(registry.CHECKPOINTS)
+            names = registry.names()
         if not names:
             print("name a checkpoint to fetch (or --all); see `scone-data weights list`")
             return 2
@@ -74,7 +81,7 @@ def run_weights(args: argparse.Namespace) -> int:
             print("--path needs exactly one checkpoint name")
             return 2
         if not names:
-            names = [n for n in registry.CHECKPOINTS if registry.default_path(n).is_file()]
+            names = [n for n in registry.names() if registry.default_path(n).exists()]
             if not names:
                 print(f"no checkpoints in {registry.cache_dir()}; run `scone-data weights fetch NAME`")
                 return 1
@@ -86,8 +93,8 @@ def run_weights(args: argparse.Namespace) -> int:
                 print("FAIL " + msgs[0])
                 rc = 1
                 continue
-            digest = registry.file_sha256(p)
-            known = registry.CHECKPOINTS[n].sha256
+            digest = registry.digest(n, args.path)
+            known = registry.CHECKPOINTS[n].sha256 if n in registry.CHECKPOINTS else None
             print(f"ok   {n}: {p} sha256 {digest}" + ("" if known else " (no registered hash to compare)"))
         return rc
     raise AssertionError(f"unhandled weights command {cmd!r}")  # argparse restricts the choices

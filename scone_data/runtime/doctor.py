@@ -117,21 +117,24 @@ def weight_checks(hash_files: bool = True) -> list[Check]:
     from scone_data.models import registry
 
     out = [Check("weights cache", "ok", str(registry.cache_dir()))]
-    for name, ck in registry.CHECKPOINTS.items():
+    from scone_data.models.snapshots import SNAPSHOTS
+
+    for name in registry.names():
+        ck = registry.CHECKPOINTS.get(name) or SNAPSHOTS[name]
         p = registry.default_path(name)
-        if not p.is_file():
+        if not p.exists():
             out.append(Check(f"weights {name}", "warn", f"not in the cache ({p}); needed only for "
                              f"{ck.family} model {ck.arch}", f"scone-data weights fetch {name}"))  # fmt: skip
             continue
         if not hash_files:
-            out.append(Check(f"weights {name}", "ok", f"{p} ({p.stat().st_size} bytes, hash not checked)"))
+            out.append(Check(f"weights {name}", "ok", f"{p} (present, hash not checked)"))
             continue
         msgs = registry.problems(name, p)
         if msgs:
             out.append(Check(f"weights {name}", "FAIL", msgs[0].split("; run")[0],
                              f"scone-data weights fetch {name} --force"))  # fmt: skip
         else:
-            out.append(Check(f"weights {name}", "ok", f"{p} sha256 {registry.file_sha256(p)}"))
+            out.append(Check(f"weights {name}", "ok", f"{p} sha256 {registry.digest(name, p)}"))
     return out
 
 
