@@ -120,8 +120,10 @@ class VlmModel(ModelStage):
         path = self.model_dir()
         device = registry.resolve_device(self.device)
         if path is None:
+            import torch
+
             model, proc = build_tiny(self.seed)
-            model = model.to(device)
+            model = model.to(device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
         else:
             model, proc = load_vlm(path, device, self.bf16, self.attention)
         if getattr(proc, "chat_template", None) is None:

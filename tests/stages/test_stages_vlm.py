@@ -251,6 +251,7 @@ def test_build_captions_the_bank_the_same_in_process_and_under_ray(tmp_path):
 
     from scone_data.runtime.build import build
     from scone_data.runtime.config import load_config
+    from scone_data.shards.output import Output
 
     steps = [{"type": "decode", "min_side": 32},
              {"type": "vlm_caption", "model": "tiny", "seed": 1, "device": "cpu", "num_gpus": 0,
@@ -269,3 +270,13 @@ def test_build_captions_the_bank_the_same_in_process_and_under_ray(tmp_path):
     assert len(images) == 4 and all(isinstance(r["caption"], str) and r["caption"] for r in images)
     assert {"name": "vlm_tiny", "weights_sha256": None} in manifest["config"]["models"]
     assert banks["ray"] == banks["local"] and banks["ray"]
+    # the verifier judges the samples this build rendered, as they are stored
+    samples = list(Output(tmp_path / "local").iter_samples())[:3]
+    assert samples
+    verdicts = VlmVerifier(model="tiny", seed=1, device="cpu", num_gpus=0, max_new_tokens=6).verify_many(
+        samples
+    )
+    for (rec, _), v in zip(samples, verdicts):
+        qs = sample_questions(rec, load_prompt("vlm_verify", "v1"))
+        assert [a["question"] for a in v["answers"]] == [q.text for q in qs] and len(qs) >= 2
+        assert v["keep"] == all(a["ok"] for a in v["answers"]) and (v["keep"] or v["reason"])
