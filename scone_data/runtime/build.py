@@ -14,10 +14,8 @@ inside a folder a source reads, are refused (see :mod:`.inputs`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,8 @@ from scone_data.runtime.bank import (
     ImageLoader,
     check_bank,
     write_extra_rejects,
-    write_unit,
 )
+from scone_data.runtime.executor import Executor, open_executor
 from scone_data.runtime.progress import progress
 from scone_data.shards.files import write_bytes, write_parquet
 from scone_data.shards.ledger import Ledger
@@ -86,46 +84,6 @@ def check(problems: list[str]) -> None:
         raise C.ConfigError(problems)
 
 
-# -- ray -------------------------------------------------------------------------------------------
-@contextmanager
-def ray_session(rt: C.RuntimeSettings):
-    """An embedded local Ray instance (or a connection to ``ray_address``) for the duration of a job."""
-    if rt.executor != "ray":
-        yield
-        return
-    from scone_data.runtime.progress import json_mode, route_ray_logs
-
-    if json_mode():  # Ray's C++ components log straight to stderr: keep them to fatal errors
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        kw: dict[str, Any] = (
-            {"address": rt.ray_address}
-            if rt.ray_address
-            else {"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus}
-        )
-        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = rt.progress and not json_mode()
-        if json_mode():
-            route_ray_logs()
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def cpu_workers(rt: C.RuntimeSettings) -> int:
-    if rt.cpu_workers:
-        return rt.cpu_workers
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-
-
 # -- bank phase ----------------------------------------------------------------------------------
 def plan_units(sources: list, unit_size: int) -> list[tuple[int, list[tuple[int, str]]]]:
     refs = [(si, r) for si, s in enumerate(sources) for r in s.list_refs()]
@@ -133,10 +91,8 @@ def plan_units(sources: list, unit_size: int) -> list[tuple[int, list[tuple[int,
 
 
 def run_bank_phase(
-    cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings, bank_hash: str
+    cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings, bank_hash: str, ex: Executor
 ) -> None:
-    from scone_data.runtime import executor
-
     out = Path(cfg["output"])
     ledger = Ledger(out, "bank", bank_hash)
     units = plan_units(sources, rt.unit_size)
@@ -166,15 +122,11 @@ def run_bank_phase(
     )
     bar = progress(total=len(units), initial=len(units) - len(todo), desc="bank units", enabled=rt.progress)
 
-    def on_unit(uid: int, batch) -> None:
-        counts = write_unit(out, uid, batch)
-        ledger.mark(inputs.UNIT_NAME.format(uid), {**counts, "inputs": unit_ids[uid]})
+    # the worker that finished a unit has written its parts; its record arrives only after that, so a
+    # marker never names a part that is not on disk
+    for rec in ex.run_units(out, sources, stages, todo):
+        ledger.mark(inputs.UNIT_NAME.format(rec.unit), {**rec.counts(), "inputs": unit_ids[rec.unit]})
         bar.update(1)
-
-    if rt.executor == "local":
-        executor.run_local(sources, stages, todo, on_unit)
-    else:
-        executor.run_ray(sources, stages, todo, on_unit, cpu_workers(rt))
     bar.close()
 
 
@@ -234,7 +186,7 @@ def shard_jobs(plans: list, samples_per_shard: int) -> list[tuple[str, list]]:
 
 
 def run_shard_phase(
-    cfg: dict[str, Any], bank: Bank, pairs, shards, rt: C.RuntimeSettings, provenance: dict
+    cfg: dict[str, Any], bank: Bank, pairs, shards, rt: C.RuntimeSettings, provenance: dict, ex: Executor
 ) -> tuple[dict[str, dict], Counter]:
     from scone_data.pairs import plan_samples
 
@@ -258,27 +210,12 @@ def run_shard_phase(
     todo = [(n, ps) for n, ps in jobs if not done[n]]
     bar = progress(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", enabled=rt.progress)
 
-    if rt.executor == "local" or not todo:
-        for name, ps in todo:
-            stats = render_shard(str(out), name, ps, bank.image_part, pairs, provenance, max_pixels)
-            done[name] = _finish_shard(ledger, name, stats)
-            bar.update(1)
-    else:
-        import ray
-
-        remote = ray.remote(num_cpus=1)(render_shard)
-        parts = ray.put(bank.image_part)  # one copy in the object store, shared by every shard task
-        futures = {remote.remote(str(out), n, ps, parts, pairs, provenance, max_pixels): n for n, ps in todo}
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=1)
-            name = futures.pop(ready[0])
-            try:
-                stats = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                # the worker's own error (a full disk, say) reads the same as under the local executor
-                raise (e.cause if isinstance(e.cause, BaseException) else e) from None
-            done[name] = _finish_shard(ledger, name, stats)
-            bar.update(1)
+    # each task writes its own shard and returns its stats; the driver marks the ledger
+    shared = {"out": str(out), "image_part": bank.image_part, "pairs": pairs,
+              "provenance": provenance, "max_pixels": max_pixels}  # fmt: skip
+    for name, stats in ex.map_tasks(render_shard, ((n, {"name": n, "plans": ps}) for n, ps in todo), shared):
+        done[name] = _finish_shard(ledger, name, stats)
+        bar.update(1)
     bar.close()
     return {n: done[n] for n, _ in jobs}, plan_rejects
 
@@ -379,11 +316,11 @@ def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] =
         models = [st.model_info() for st in stages if hasattr(st, "model_info")]
         # unit_size decides which images share a part file, so it is part of the bank's identity
         bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})
-        with ray_session(rt):
-            run_bank_phase(cfg, sources, stages, rt, bank_hash)
+        with open_executor(rt) as ex:
+            run_bank_phase(cfg, sources, stages, rt, bank_hash, ex)
             bank = Bank(out)
             prov = _provenance(cfg, models, bank_hash, pairs, shards)
-            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
         return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
 
 
@@ -430,7 +367,7 @@ def regen(
         raise BankDamaged(damaged)
     with outdir.claim(output, "regen", overwrite=overwrite, reads=[bank_dir]):
         prov = _provenance(cfg, models, src_hash, pairs, shards)
-        with ray_session(rt):
-            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov)
+        with open_executor(rt) as ex:
+            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
         cfg["bank"] = str(bank_dir)
         return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov)

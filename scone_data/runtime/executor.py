@@ -1,29 +1,84 @@
-"""Running the bank phase's work units, in-process or on Ray Data.
+"""The one executor interface of both phases, in-process or on Ray.
 
-A unit is a fixed list of source refs. :func:`read_unit` reads them and :func:`run_stages` runs
-every stage in order; both executors call these two:
+An :class:`Executor` offers two calls, each yielding small completion records to the driver as work
+finishes (in whatever order it finishes), so progress and the ledger stay on the driver:
 
-- ``local``: units one after another in this process (tests, the GPU machine without Ray, small jobs).
-- ``ray``: Ray Data. Consecutive CPU stages are fused with the reader into one actor pool (no
+- :meth:`Executor.run_units` (bank phase): each unit is read (:func:`read_unit`), run through every
+  stage (:func:`run_stages`) and written as its three bank part files (:func:`finish_unit`) by the
+  worker that computed it; the driver receives only a :class:`UnitDone` (unit id, row counts, file
+  names) and marks the ledger after it arrives, so a unit is recorded only once all its files are on
+  disk. No image byte crosses the driver.
+- :meth:`Executor.map_tasks` (shard phase): ``fn(**task, **shared)`` for each ``(key, task)``; the
+  task writes its own output (a shard) and returns its small stats, yielded as ``(key, result)``.
+
+Two implementations, picked by ``runtime.executor`` through :func:`open_executor`:
+
+- :class:`LocalExecutor` (``local``): one unit or task after another in this process (tests, the GPU
+  machine without Ray, small jobs).
+- :class:`RayExecutor` (``ray``): an embedded Ray instance or a connection to ``ray_address``, for
+  the duration of the job. Units run on Ray Data with one block per unit: the first segment reads a
+  unit per call, consecutive CPU stages are fused with the reader into one actor pool (no
   object-store hop between them, and no CPU-actor deadlock on small machines); each GPU stage gets
-  its own actor pool with the GPUs :func:`gpu_requests` gives it (``auto``: a share of each GPU). The driver receives finished rows,
-  reassembles units and hands each complete unit to ``on_unit`` (which writes it and marks the
-  ledger), so a unit is recorded only when every one of its rows is on disk.
+  its own actor pool with the GPUs :func:`gpu_requests` gives it (``auto``: a share of each GPU),
+  and takes whole units (the model stages batch inside themselves, by their own ``batch_size``).
+  The last segment writes each unit it completes and returns only its record. Tasks are Ray tasks
+  (one CPU each); the ``shared`` arguments go to the object store once, not once per task.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scone_data.runtime import transport
+from scone_data.runtime.bank import KINDS, UNIT_FMT, write_unit
 from scone_data.sources import Source
 from scone_data.stages.base import Batch, Stage
 
 log = logging.getLogger(__name__)
 Unit = tuple[int, list[tuple[int, str]]]  # (unit id, [(source index, ref), ...])
-DRIVER_UNUSED = ("image", "annotations")  # columns the last segment drops before rows go to the driver
+DRIVER_UNUSED = ("image", "annotations")  # columns a segment can drop when nothing after it reads them
+RECORD = "record"  # the only column the writing segment returns: one UnitDone (JSON) per unit
+UNIT_ROWS = "unit_rows"  # the reader's row count of each row's unit: the writer checks it has them all
+
+
+@dataclass(frozen=True)
+class UnitDone:
+    """What the driver learns of a finished bank unit: its id, the rows of each of its part files
+    (``images``, ``subjects``, ``rejects``) and those files' paths relative to the output."""
+
+    unit: int
+    images: int
+    subjects: int
+    rejects: int
+    files: tuple[str, ...]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per part file, as the ledger marker records them."""
+        return {k: getattr(self, k) for k in KINDS}
+
+    def to_json(self) -> str:
+        return json.dumps({**self.counts(), "unit": self.unit, "files": list(self.files)})
+
+    @classmethod
+    def from_json(cls, text: str) -> UnitDone:
+        d = json.loads(text)
+        return cls(int(d["unit"]), *(int(d[k]) for k in KINDS), tuple(d["files"]))
+
+
+def finish_unit(root: str | Path, uid: int, batch: Batch) -> UnitDone:
+    """Write a processed unit's bank parts (each atomically, in the worker that computed it)."""
+    counts = write_unit(root, uid, batch)
+    name = UNIT_FMT.format(uid) + ".parquet"
+    return UnitDone(uid, *(counts[k] for k in KINDS), tuple(f"bank/{k}/{name}" for k in KINDS))
 
 
 def read_unit(sources: list[Source], unit: Unit) -> Batch:
@@ -115,16 +170,63 @@ def split_segments(stages: list[Stage], requests: list[float]) -> list[list[Stag
     return segs
 
 
-def run_local(sources: list[Source], stages: list[Stage], units: list[Unit], on_unit: Callable) -> None:
-    for unit in units:
-        on_unit(unit[0], run_stages(stages, read_unit(sources, unit)))
+class Executor:
+    """Runs the bank's units and the shard phase's tasks; see the module docstring."""
+
+    name = ""
+
+    def run_units(
+        self, root: str | Path, sources: list[Source], stages: list[Stage], units: list[Unit]
+    ) -> Iterator[UnitDone]:
+        """Process and write each unit under ``root``; yield each one's record as it completes."""
+        raise NotImplementedError
+
+    def map_tasks(
+        self, fn: Callable[..., Any], tasks: Iterable[tuple[Hashable, dict[str, Any]]],
+        shared: dict[str, Any] | None = None,
+    ) -> Iterator[tuple[Hashable, Any]]:  # fmt: skip
+        """``fn(**task, **shared)`` for each ``(key, task)``; yield ``(key, result)`` as each finishes.
+        A task's error is raised here as the task raised it."""
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def run_units(self, root, sources, stages, units):
+        for uid, refs in units:
+            yield finish_unit(root, uid, run_stages(stages, read_unit(sources, (uid, refs))))
+
+    def map_tasks(self, fn, tasks, shared=None):
+        for key, kw in tasks:
+            yield key, fn(**kw, **(shared or {}))
+
+
+def _units_of(batch: Batch) -> Iterator[tuple[int, Batch]]:
+    """The units of a batch (rows in their batch order), each checked complete against its reader's
+    row count: a unit written from part of its rows would be recorded as done with rows missing."""
+    by_unit: dict[int, list[int]] = {}
+    for j, u in enumerate(batch["unit"]):
+        by_unit.setdefault(int(u), []).append(j)
+    for u, rows in by_unit.items():
+        want = int(batch[UNIT_ROWS][rows[0]])
+        if len(rows) != want:
+            raise RuntimeError(f"unit {u}: {len(rows)} of its {want} rows reached its writer together")
+        yield u, {k: [v[j] for j in rows] for k, v in batch.items()}
 
 
 class _RaySegment:
-    """A Ray Data callable class: optionally reads units, then runs a fused list of stages."""
+    """A Ray Data callable class: optionally reads units, then runs a fused list of stages; the last
+    segment (``write_to``: the output folder) writes each unit's bank parts and returns its record."""
 
-    def __init__(self, stages: list[Stage], sources: list[Source] | None = None, drop: tuple[str, ...] = ()):
-        self.stages, self.sources, self.drop = stages, sources, drop
+    def __init__(
+        self,
+        stages: list[Stage],
+        sources: list[Source] | None = None,
+        drop: tuple[str, ...] = (),
+        write_to: str | None = None,
+    ):
+        self.stages, self.sources, self.drop, self.write_to = stages, sources, drop, write_to
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = transport.decode(batch)
@@ -133,66 +235,141 @@ class _RaySegment:
                 read_unit(self.sources, (u, [tuple(r) for r in refs]))
                 for u, refs in zip(rows["unit"], rows["refs"])
             ]
+            for p in parts:
+                p[UNIT_ROWS] = [len(p["pos"])] * len(p["pos"])
             rows = {
                 k: [v for p in parts for v in p.get(k, [None] * len(p["pos"]))] for k in set().union(*parts)
             }
         out = run_stages(self.stages, rows)
-        return transport.encode({k: v for k, v in out.items() if k not in self.drop})
+        if self.write_to is None:
+            return transport.encode({k: v for k, v in out.items() if k not in self.drop})
+        recs = [finish_unit(self.write_to, u, unit).to_json() for u, unit in _units_of(out)]
+        col = np.empty(len(recs), dtype=object)
+        col[:] = recs
+        return {RECORD: col}
 
 
-def run_ray(
-    sources: list[Source], stages: list[Stage], units: list[Unit], on_unit: Callable, cpu_workers: int
-) -> None:
-    import ray
-    from ray.data import ActorPoolStrategy
+class RayExecutor(Executor):
+    """Ray Data for the units, Ray tasks for the shards (Ray is started by :func:`open_executor`)."""
 
-    if not units:
-        return
-    # One block per unit so Ray can spread units over the actor pool; refs travel as JSON.
-    items = [{"unit": u, "refs": transport.encode({"refs": [refs]})["refs"][0]} for u, refs in units]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    requests = dict(zip(map(id, stages), gpu_requests(stages, cluster_gpus)))
-    segs = split_segments(stages, [requests[id(st)] for st in stages])
-    for i, seg in enumerate(segs):
-        gpus = requests[id(seg[0])]
-        # one actor per GPU (a fraction shares it with the other GPU stages' actors)
-        size = max(1, int(cluster_gpus)) if gpus else cpu_workers
-        ds = ds.map_batches(
-            _RaySegment,
-            fn_constructor_kwargs={
-                "stages": seg,
-                "sources": sources if i == 0 else None,
-                # the driver writes the bank from the encoded bytes and the subjects: decoded pixels
-                # (36 MB for a 12 MP photo) never travel back to it
-                "drop": DRIVER_UNUSED if i == len(segs) - 1 else (),
-            },
-            # the first segment takes one unit per call; later ones take rows in the first stage's own
-            # batch size (a stage without one: 8 rows)
-            batch_size=1 if i == 0 else getattr(seg[0], "batch_size", 8),
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=min(size, len(units))),
-            num_gpus=gpus or None,
-            # the reader segment holds a whole CPU; later CPU segments half of one (they wait on their
-            # inputs much of the time, and two fit beside a reader on a 2-core machine); a GPU
-            # segment's CPU work overlaps its GPU work, so it reserves no CPU
-            num_cpus=1 if i == 0 else (0.5 if not gpus else 0),
-        )
-    pending: dict[int, list[Batch]] = {}
-    expected = {u: len(refs) for u, refs in units}
-    got: dict[int, int] = {}
-    for raw in _iter(ds):
-        rows = transport.decode(raw)
-        n = len(rows["unit"])
-        for j in range(n):
-            u = rows["unit"][j]
-            pending.setdefault(u, []).append({k: v[j] for k, v in rows.items()})
-            got[u] = got.get(u, 0) + 1
-            if got[u] == expected[u]:
-                rs = pending.pop(u)
-                keys = set().union(*(r.keys() for r in rs))
-                on_unit(u, {k: [r.get(k) for r in rs] for k in keys})
+    name = "ray"
+
+    def __init__(self, cpu_workers: int | None = None):
+        self._cpu_workers = cpu_workers
+
+    def cpu_workers(self) -> int:
+        if self._cpu_workers:
+            return self._cpu_workers
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+
+    def run_units(self, root, sources, stages, units):
+        import ray
+        from ray.data import ActorPoolStrategy
+
+        if not units:
+            return
+        # workers on other nodes run in other folders: they get the output as an absolute path
+        root = str(Path(root).absolute())
+        cpu_workers = self.cpu_workers()
+        # One block per unit so Ray can spread units over the actor pool; refs travel as JSON.
+        items = [{"unit": u, "refs": transport.encode({"refs": [refs]})["refs"][0]} for u, refs in units]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        # a unit stays one block through every segment: no block is split at a size limit (a unit
+        # of decoded 12 MP photos passes 128 MB), and later segments take whole blocks (batch_size
+        # None), so the writer always holds all of a unit's rows
+        ds.context.target_max_block_size = None
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        requests = dict(zip(map(id, stages), gpu_requests(stages, cluster_gpus)))
+        segs = split_segments(stages, [requests[id(st)] for st in stages])
+        for i, seg in enumerate(segs):
+            gpus = requests[id(seg[0])]
+            # one actor per GPU (a fraction shares it with the other GPU stages' actors)
+            size = max(1, int(cluster_gpus)) if gpus else cpu_workers
+            last = i == len(segs) - 1
+            # Ray Data's public map_batches refuses whole-block batches (batch_size None) beside a GPU
+            # request, as a guard against default-sized batches on a GPU; the stages here batch on
+            # the device by their own batch_size, so the GPU segments go through the same call
+            # without that guard
+            map_batches = ds.map_batches_internal if gpus else ds.map_batches
+            ds = map_batches(
+                _RaySegment,
+                fn_constructor_kwargs={
+                    "stages": seg,
+                    "sources": sources if i == 0 else None,
+                    # the last segment writes the unit's parts itself and returns only its record:
+                    # neither pixels nor encoded bytes travel back to the driver
+                    "write_to": root if last else None,
+                },
+                # the first segment takes one unit per call; later ones whole blocks (one unit each)
+                batch_size=1 if i == 0 else None,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(min_size=1, max_size=min(size, len(units))),
+                num_gpus=gpus or None,
+                # the reader segment holds a whole CPU; later CPU segments half of one (they wait on
+                # their inputs much of the time, and two fit beside a reader on a 2-core machine); a GPU
+                # segment's CPU work overlaps its GPU work, so it reserves no CPU
+                num_cpus=1 if i == 0 else (0.5 if not gpus else 0),
+            )
+        for raw in _iter(ds):
+            for text in raw[RECORD]:
+                yield UnitDone.from_json(str(text))
+
+    def map_tasks(self, fn, tasks, shared=None):
+        import ray
+
+        tasks = list(tasks)
+        if not tasks:
+            return
+        remote = ray.remote(num_cpus=1)(fn)  # the worker's title is ray::<fn's name>
+        # each shared value goes to the object store once, shared by every task
+        refs = {k: ray.put(v) for k, v in (shared or {}).items()}
+        futures = {remote.remote(**kw, **refs): key for key, kw in tasks}
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            key = futures.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                # the worker's own error (a full disk, say) reads the same as under the local executor
+                raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+            yield key, result
 
 
 def _iter(ds) -> Iterator[dict[str, Any]]:
+    """What the driver receives from the bank's Ray Data pipeline: batches of :data:`RECORD` only."""
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+@contextmanager
+def open_executor(rt) -> Iterator[Executor]:
+    """The executor ``rt.executor`` names (``rt``: :class:`~scone_data.runtime.config.RuntimeSettings`),
+    for the duration of a job: for ``ray``, an embedded local Ray instance (or a connection to
+    ``ray_address``), shut down at the end if this call started it."""
+    if rt.executor != "ray":
+        yield LocalExecutor()
+        return
+    from scone_data.runtime.progress import json_mode, route_ray_logs
+
+    if json_mode():  # Ray's C++ components log straight to stderr: keep them to fatal errors
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = (
+            {"address": rt.ray_address}
+            if rt.ray_address
+            else {"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus}
+        )
+        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = rt.progress and not json_mode()
+        if json_mode():
+            route_ray_logs()
+    try:
+        yield RayExecutor(rt.cpu_workers)
+    finally:
+        if started:
+            ray.shutdown()
