@@ -91,8 +91,17 @@ def plan_units(sources: list, unit_size: int) -> list[tuple[int, list[tuple[int,
 
 
 def run_bank_phase(
-    cfg: dict[str, Any], sources: list, stages: list, rt: C.RuntimeSettings, bank_hash: str, ex: Executor
+    cfg: dict[str, Any],
+    sources: list,
+    stages: list,
+    rt: C.RuntimeSettings,
+    bank_hash: str,
+    ex: Executor | None = None,
 ) -> None:
+    """The bank phase on ``ex`` (None: the executor ``rt`` names, for this call only)."""
+    if ex is None:
+        with open_executor(rt) as ex:
+            return run_bank_phase(cfg, sources, stages, rt, bank_hash, ex)
     out = Path(cfg["output"])
     ledger = Ledger(out, "bank", bank_hash)
     units = plan_units(sources, rt.unit_size)
@@ -186,9 +195,20 @@ def shard_jobs(plans: list, samples_per_shard: int) -> list[tuple[str, list]]:
 
 
 def run_shard_phase(
-    cfg: dict[str, Any], bank: Bank, pairs, shards, rt: C.RuntimeSettings, provenance: dict, ex: Executor
+    cfg: dict[str, Any],
+    bank: Bank,
+    pairs,
+    shards,
+    rt: C.RuntimeSettings,
+    provenance: dict,
+    ex: Executor | None = None,
 ) -> tuple[dict[str, dict], Counter]:
+    """The shard phase on ``ex`` (None: the executor ``rt`` names, for this call only)."""
     from scone_data.pairs import plan_samples
+
+    if ex is None:
+        with open_executor(rt) as ex:
+            return run_shard_phase(cfg, bank, pairs, shards, rt, provenance, ex)
 
     out = Path(cfg["output"])
     ledger = Ledger(out, "shards", provenance["config_hash"])
