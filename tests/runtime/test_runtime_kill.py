@@ -3,8 +3,9 @@ uninterrupted build.
 
 Each kill is a fault point of :mod:`scone_data.runtime.faults` (``SCONE_FAULT``): the build kills its
 own process group's leader exactly when it reaches that point, so a trial cannot miss because the
-machine is slow or fast. The points are all in the driver (ledger markers, bank parts, the
-manifest), so under Ray too the kill takes the whole job, not a retried task. Kills at random
+machine is slow or fast. In-process every point is in the driver; under Ray a bank unit's parts are
+written by the worker that computed it, so the Ray trial's points are the driver's own (ledger
+markers, the manifest) and the kill takes the whole job, not a retried task. Kills at random
 moments of a measured clean run are kept for ``make soak`` only (``SCONE_SOAK_TRIALS``): they
 depend on timing, so they belong in a soak, not in the suite.
 """
