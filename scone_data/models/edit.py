@@ -143,7 +143,10 @@ class Editor:
     ``size``: "input" gives each output its input's size (rounded down to the pipeline's multiple of
     16 pixels) and for Kontext ``max_area`` of that size; "default" lets the pipeline choose.
     ``call``: further keyword arguments of every pipeline call (e.g. ``true_cfg_scale``,
-    ``negative_prompt``, ``max_sequence_length``)."""
+    ``negative_prompt``, ``max_sequence_length``). ``cpu_threads``: torch threads during a call on a
+    CPU (None: leave them): fp32 sums are ordered by the thread count, so one fixed count makes the
+    bytes independent of how many threads a worker was given (a Ray actor with ``num_cpus=1`` has one,
+    a driver all its cores)."""
 
     pipe: Any
     num_inference_steps: int = 28
@@ -151,6 +154,7 @@ class Editor:
     batch_size: int = 4
     size: str = "input"
     call: dict[str, Any] = field(default_factory=dict)
+    cpu_threads: int | None = None
 
     def call_kwargs(self, h: int, w: int) -> dict[str, Any]:
         """The arguments of one call on images of ``h`` x ``w`` pixels (besides image, prompt, generator)."""
@@ -180,8 +184,16 @@ class Editor:
         # one negative prompt per item: Qwen-Image-Edit pairs each with its image
         if isinstance(kw.get("negative_prompt"), str):
             kw["negative_prompt"] = [kw["negative_prompt"]] * len(pil)
-        with torch.inference_mode():
-            out = self.pipe(image=pil, prompt=list(prompts), generator=gens, **kw)
+        threads = torch.get_num_threads()
+        fix = self.cpu_threads is not None and self.pipe.device.type == "cpu"
+        try:
+            if fix:
+                torch.set_num_threads(int(self.cpu_threads))
+            with torch.inference_mode():
+                out = self.pipe(image=pil, prompt=list(prompts), generator=gens, **kw)
+        finally:
+            if fix:
+                torch.set_num_threads(threads)
         return np.asarray(out.images, dtype=np.float32)
 
     def edit_float(self, items: list[EditItem]) -> list[np.ndarray]:

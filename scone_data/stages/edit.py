@@ -63,6 +63,8 @@ class ImageEdit(ModelStage):
     num_gpus: str | float = "auto"  # GPUs per Ray worker; auto: a share of each GPU
     verify_sha256: bool = True  # False: only check that the files exist
     seed: int = 0  # initialises the tiny preset
+    # torch threads on a CPU: one fixed count gives the same bytes in a Ray actor and in-process
+    cpu_threads: int | None = 1
 
     def weights_problems(self) -> list[str]:
         from scone_data.models import snapshots
@@ -98,6 +100,8 @@ class ImageEdit(ModelStage):
                 out.append(f"{f}: {getattr(self, f)} must be >= 1")
         if self.size not in ("input", "default"):
             out.append(f"size: {self.size!r} is not input or default")
+        if self.cpu_threads is not None and int(self.cpu_threads) < 1:
+            out.append(f"cpu_threads: {self.cpu_threads} must be >= 1 (or null: torch's default)")
         if self.bf16 not in ("auto", True, False):
             out.append(f"bf16: {self.bf16!r} is not auto, true or false")
         return out
@@ -138,7 +142,7 @@ class ImageEdit(ModelStage):
             if self.model == "tiny":  # a saved tiny preset keeps the tiny call arguments
                 call = {**TINY_CALL, **call}
         self._editor = Editor(pipe, self.num_inference_steps, self.guidance_scale, self.batch_size,
-                              self.size, call)  # fmt: skip
+                              self.size, call, self.cpu_threads)  # fmt: skip
         self._info = self.model_info()
 
     def model_info(self) -> dict:

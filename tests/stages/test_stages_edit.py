@@ -3,6 +3,7 @@ loaded back from that directory): batched = the library's one-item calls, seeds,
 checks and the weights CLI on a diffusers pipeline folder."""
 
 import argparse
+import io
 import json
 import pickle
 import shutil
@@ -74,6 +75,8 @@ def test_batched_edit_equals_the_librarys_one_item_calls(tiny_dir):
 
 
 def test_same_seed_same_bytes_and_provenance(tiny_dir):
+    import torch
+
     a = ImageEdit(weights_dir=tiny_dir, **SMALL)
     b = ImageEdit(weights_dir=tiny_dir, **SMALL)  # a second load of the same weights
     first = a.insert(PHOTOS[:1], PROMPTS[:1], [7])
@@ -96,10 +99,13 @@ def test_same_seed_same_bytes_and_provenance(tiny_dir):
              "edit_seed": [7, 7, 7]})  # fmt: skip
     assert out["status"] == ["ok", "rejected", "rejected"] and out["reason"][2].startswith("no_edit_prompt")
     assert out["edit_provenance"][0]["use"] == "edit" and out["edited_image"][0].shape == (48, 64, 3)
-    # built in code (no directory): provenance has no weights digest; same seed, same weights as saved
+    # built in code (no directory): the same weights as saved, no weights digest in provenance; the
+    # output agrees to fp32 tolerance only (~1e-6 apart on this CPU although the weights are equal)
     c = ImageEdit(seed=1, **SMALL)
-    (img_c, p_c), = c.insert(PHOTOS[:1], PROMPTS[:1], [7])  # fmt: skip
-    assert p_c["weights_sha256"] is None and encode_png(img_c) == encode_png(first[0][0])
+    ((img_c, p_c),) = c.insert(PHOTOS[:1], PROMPTS[:1], [7])
+    assert p_c["weights_sha256"] is None and np.abs(img_c.astype(int) - first[0][0].astype(int)).max() <= 1
+    saved, code = a._editor.pipe.transformer.state_dict(), c._editor.pipe.transformer.state_dict()
+    assert all(torch.equal(saved[k], code[k]) for k in saved)
 
 
 def test_missing_or_corrupt_weights_stop_before_work(tiny_dir, tmp_path, monkeypatch):
@@ -158,3 +164,36 @@ def test_settings_checked_picklable_and_gpu_request():
                                size="x", bf16="y", device="tpu").validate())  # fmt: skip
     for f in ("model:", "NoSuchPipeline", "batch_size:", "num_inference_steps:", "size:", "bf16:", "device:"):
         assert f in text
+
+
+def test_runs_in_a_ray_actor_pool_with_its_gpu_request(tiny_dir):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    class EditActor:  # defined here: cloudpickle ships it by value (tests are not importable on workers)
+        """A Ray Data callable class around the stage, one per pool worker as the executor's are (images
+        travel as PNG, provenance as JSON: the stage is not a registered step with codecs yet)."""
+
+        def __init__(self, stage):
+            self.stage = stage
+
+        def __call__(self, batch):
+            out = self.stage({"image": [np.asarray(Image.open(io.BytesIO(b))) for b in batch["png"]],
+                              "edit_prompt": list(batch["prompt"]), "edit_seed": [int(s) for s in batch["seed"]]})  # fmt: skip
+            return {"png": [encode_png(im) for im in out["edited_image"]],
+                    "prov": [json.dumps(p) for p in out["edit_provenance"]]}  # fmt: skip
+
+    st = ImageEdit(weights_dir=tiny_dir, **{**SMALL, "batch_size": 2})
+    rows = [{"png": encode_png(im), "prompt": p, "seed": s} for im, p, s in zip(PHOTOS, PROMPTS, SEEDS)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.from_items(rows).map_batches(
+            EditActor, fn_constructor_args=(st,), compute=ActorPoolStrategy(size=1), batch_size=3,
+            num_cpus=1, num_gpus=st.resources()["num_gpus"], batch_format="pandas",
+        )  # fmt: skip
+        got = ds.take_all()
+    finally:
+        ray.shutdown()
+    local = st.insert(PHOTOS, PROMPTS, SEEDS)
+    assert [g["png"] for g in got] == [encode_png(im) for im, _ in local]  # same bytes as in-process
+    assert [json.loads(g["prov"])["seed"] for g in got] == SEEDS
