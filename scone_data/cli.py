@@ -34,6 +34,14 @@ def _summary(manifest: dict, out: str) -> str:
     if manifest["pair_rejects"]:
         lines += ["samples not made, by reason:"]
         lines += [f"  {k:<{w}}  {v:>7}" for k, v in manifest["pair_rejects"].items()]
+    v = manifest.get("verify")
+    if v:  # dropped samples are in the table above too, as verify:<reason>
+        lines += [
+            f"verifier {v['model']}, prompt {v['prompt']} {v['prompt_version']}, on_reject {v['on_reject']}:"
+        ]
+        rows = [("kept", v["kept"])] + [(f"flagged {k}", n) for k, n in v["flagged"].items()]
+        rows += [(f"dropped {k}", n) for k, n in v["dropped"].items()]
+        lines += [f"  {k:<{w}}  {n:>7}" for k, n in rows]
     total = sum(s["bytes"] for s in manifest["shards"])
     lines.append(f"shard bytes: {total / 1e6:.1f} MB in {Output(out).shard_dir}")
     return "\n".join(lines)

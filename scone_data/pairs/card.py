@@ -27,12 +27,26 @@ def copy_paste_histogram(scores: list[float]) -> list[tuple[str, int]]:
     return [(f"{COPY_PASTE_BINS[i]:.1f}-{COPY_PASTE_BINS[i + 1]:.1f}", counts[i]) for i in range(10)]
 
 
-def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None) -> str:
+def verifier_lines(v: dict) -> list[str]:
+    """The card's Verifier section from the manifest's ``verify`` (model, prompt, counts by reason)."""
+    rows = [("kept (every answer as expected)", v["kept"])]
+    rows += [(f"flagged (written, keep false): {k}", n) for k, n in sorted(v["flagged"].items())]
+    rows += [(f"dropped (not written): {k}", n) for k, n in sorted(v["dropped"].items())]
+    total = sum(n for _, n in rows)
+    head = (f"model {v['model']} (weights {v['weights_sha256'] or 'built in code'}), prompt "
+            f"{v['prompt']} {v['prompt_version']} (sha256 {v['prompt_sha256']}), on_reject {v['on_reject']}")  # fmt: skip
+    return ["", "## Verifier", "", head, ""] + _table(("decision", "samples"), rows, total or None)
+
+
+def dataset_card(
+    records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None, verify: dict | None = None
+) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
     reference histogram, references per sample, reference kinds and sources, targets (whole photo or
     crop), instruction texts (templates, or woven from a caption and from which source), the copy-paste
     score histogram, the bank's mask sources, caption coverage and licences
-    (``bank``: {"mask_sources": Counter, "images": int, "captioned": int, "licenses": Counter}), and
+    (``bank``: {"mask_sources": Counter, "images": int, "captioned": int, "licenses": Counter}), the
+    VLM verifier's decisions (``verify``: the manifest's, when the build verified its samples), and
     reject reasons (most frequent first).
 
     ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
@@ -89,6 +103,8 @@ def dataset_card(records: Iterable[dict], rejects: Counter | dict, bank: dict | 
         lines += [cov, ""] + _table(("mask source", "subjects"), sorted(bank["mask_sources"].items()))
         lic = sorted(bank["licenses"].items(), key=lambda kv: (-kv[1], kv[0]))
         lines += [""] + _table(("licence (as the source declares it)", "images"), lic)
+    if verify:
+        lines += verifier_lines(verify)
     lines += ["", "## References per sample", ""]
     lines += _table(("references", "samples"), [(str(k), nrefs[k]) for k in sorted(nrefs)])
     lines += ["", "## Reject reasons", ""]

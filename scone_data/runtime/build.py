@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from scone_data import SCHEMA_VERSION, __version__, schemas
+from scone_data.models import registry
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
 from scone_data.runtime import inputs, outdir
@@ -34,6 +35,8 @@ from scone_data.runtime.bank import (
 )
 from scone_data.runtime.executor import Executor, open_executor
 from scone_data.runtime.progress import progress
+from scone_data.runtime.verify import CHUNK, ShardVerification
+from scone_data.runtime.verify import summary as verify_summary
 from scone_data.shards.files import write_bytes, write_parquet
 from scone_data.shards.ledger import Ledger
 from scone_data.shards.output import ManifestError, Output
@@ -154,15 +157,26 @@ def _max_pixels(cfg: dict[str, Any]) -> int:
 
 
 def render_shard(
-    out: str, name: str, plans: list, image_part: dict[str, str], pairs, provenance: dict, max_pixels: int
-) -> dict[str, Any]:
-    """Render ``plans`` into shard ``name`` (runs in a worker); returns the shard's stats."""
+    out: str, name: str, plans: list, image_part: dict[str, str], pairs, provenance: dict, max_pixels: int,
+    verifier=None,
+) -> dict[str, Any]:  # fmt: skip
+    """Render ``plans`` into shard ``name`` (runs in a worker); returns the shard's stats.
+    ``verifier`` (a :class:`~scone_data.runtime.verify.ShardVerifier`, or None): judges each sample
+    before it is written (see :mod:`.verify`)."""
     from scone_data.pairs import render_sample
     from scone_data.pairs.truth import check_sample
 
     loader = ImageLoader(image_part, max_pixels)
     writer = ShardWriter(Output(out).shard_dir, name)
     failed: Counter = Counter()
+    judge = ShardVerification(verifier) if verifier is not None else None
+    waiting: list = []  # samples that passed the truth check, waiting for the verifier (in plan order)
+
+    def flush() -> None:
+        for rec, mem in judge.run(waiting, failed):
+            writer.write(rec, mem)
+        waiting.clear()
+
     for plan in plans:
         try:
             record, members = render_sample(plan, loader, pairs, provenance)
@@ -176,9 +190,18 @@ def render_shard(
         if reasons:
             failed.update(f"truth_{r}" for r in reasons)
             continue
-        writer.write(record, members)
+        if judge is None:
+            writer.write(record, members)
+            continue
+        waiting.append((record, members))
+        if len(waiting) >= CHUNK:
+            flush()
+    if judge is not None:
+        flush()
     stats = writer.close()
     stats["render_rejects"] = dict(failed)
+    if judge is not None:
+        stats["verify"] = judge.stats()
     return stats
 
 
@@ -233,7 +256,12 @@ def run_shard_phase(
     # each task writes its own shard and returns its stats; the driver marks the ledger
     shared = {"out": str(out), "image_part": bank.image_part, "pairs": pairs,
               "provenance": provenance, "max_pixels": max_pixels}  # fmt: skip
-    for name, stats in ex.map_tasks(render_shard, ((n, {"name": n, "plans": ps}) for n, ps in todo), shared):
+    resources = None
+    if shards.verifier is not None:
+        shared["verifier"] = shards.verifier
+        resources = {"num_gpus": registry.gpu_request(shards.verifier.num_gpus)}
+    tasks = ((n, {"name": n, "plans": ps}) for n, ps in todo)
+    for name, stats in ex.map_tasks(render_shard, tasks, shared, resources):
         done[name] = _finish_shard(ledger, name, stats)
         bar.update(1)
     bar.close()
@@ -253,7 +281,10 @@ def finalize(
     shard_stats: dict[str, dict],
     plan_rejects: Counter,
     provenance: dict,
+    verifier=None,
 ) -> dict[str, Any]:
+    """Rejects table, manifest and dataset card of a finished shard phase (``verifier``: the
+    :class:`~scone_data.runtime.verify.ShardVerifier` the shards ran, or None)."""
     out = Output(cfg["output"])
     rejects = bank.rejects()
     write_parquet(
@@ -267,7 +298,8 @@ def finalize(
     pair_rejects = Counter(plan_rejects)
     for name, st in shard_stats.items():
         tasks.update(st["tasks"])
-        splits[Output.split_of(name)] += st["samples"]
+        if st["samples"]:  # a shard whose samples were all rejected lists no split (as validate counts)
+            splits[Output.split_of(name)] += st["samples"]
         pair_rejects.update(st.get("render_rejects", {}))
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -289,6 +321,8 @@ def finalize(
             for n, s in sorted(shard_stats.items())
         ],
     }
+    if verifier is not None:  # absent without a verifier: the manifest of such a build is unchanged
+        manifest["verify"] = verify_summary(verifier.info(), list(shard_stats.values()))
     schemas.validate("manifest", manifest)
     # the shards in the manifest's order (sorted by name), records as written
     samples = out.iter_samples(want_images=False, manifest=manifest, upgrade=False)
@@ -300,17 +334,19 @@ def finalize(
         "captioned": sum(1 for r in bank.images.values() if r.get("caption")),
         "licenses": Counter(str(r.get("license") or "not declared") for r in bank.images.values()),
     }
-    write_bytes(out.card, dataset_card(records, reasons, bank_info).encode())
+    write_bytes(out.card, dataset_card(records, reasons, bank_info, manifest.get("verify")).encode())
     # the manifest is written last: its presence means the whole output is complete
     out.write_manifest(manifest)
     return manifest
 
 
 def _provenance(cfg: dict[str, Any], models: list[dict], bank_hash: str, pairs, shards) -> dict:
+    # the verifier's settings join the hash only when set: a build without one keeps its old hash
+    judge = [shards.verifier] if shards.verifier is not None else []
     return {
         "builder_version": __version__,
         # the samples depend on the bank and on the pair/shard settings: one hash over all of them
-        "config_hash": C.settings_hash(__version__, bank_hash, pairs, shards),
+        "config_hash": C.settings_hash(__version__, bank_hash, pairs, shards, *judge),
         "seed": cfg["seed"],
         "source": "scone-data",
         "models": models,
@@ -341,7 +377,7 @@ def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] =
             bank = Bank(out)
             prov = _provenance(cfg, models, bank_hash, pairs, shards)
             shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
-        return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov)
+        return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov, shards.verifier)
 
 
 def regen(
@@ -390,4 +426,4 @@ def regen(
         with open_executor(rt) as ex:
             shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
         cfg["bank"] = str(bank_dir)
-        return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov)
+        return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov, shards.verifier)

@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from scone_data.runtime import overrides as O
 from scone_data.runtime.overrides import ConfigError
@@ -40,9 +40,20 @@ class ShardSettings:
     samples_per_shard: int = (
         256  # ~25-60 MB per tar at 512-1024 px JPEGs: big enough to stream, small to retry
     )
+    # the VLM verifier's settings (runtime/verify.py, ShardVerifier); null: samples are not verified
+    verify: dict[str, Any] | None = None
+    # the verifier built from ``verify`` by validate(); hashed in its place (its execution fields left
+    # out), so a build without a verifier keeps the config hash it had before the setting existed
+    verifier: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    hashed_apart: ClassVar[tuple[str, ...]] = ("verify",)
 
     def validate(self) -> list[str]:
-        return [] if self.samples_per_shard >= 1 else ["shards.samples_per_shard: must be >= 1"]
+        errs = [] if self.samples_per_shard >= 1 else ["shards.samples_per_shard: must be >= 1"]
+        if self.verify is not None:
+            from scone_data.runtime.verify import ShardVerifier
+
+            self.verifier = build_dataclass(ShardVerifier, "shards.verify", self.verify, errs)
+        return errs
 
 
 @dataclass
@@ -120,11 +131,12 @@ def settings_hash(*parts: Any) -> str:
     included, with the class name) and plain values. Hashing the resolved objects rather than the YAML
     means a changed default in a new version also counts as changed settings. Fields a class lists in
     ``execution_fields`` (batch size, device, ...) change how a run executes, not what it writes, and
-    are left out, so a run can resume on another machine."""
+    are left out, so a run can resume on another machine; fields in ``hashed_apart`` are hashed by the
+    caller in another form (``shards.verify`` as the verifier built from it)."""
 
     def plain(o: Any) -> Any:
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            skip = set(getattr(o, "execution_fields", ()))
+            skip = set(getattr(o, "execution_fields", ())) | set(getattr(o, "hashed_apart", ()))
             fs = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.init and f.name not in skip}
             return {"__class__": type(o).__qualname__, **fs}
         return o

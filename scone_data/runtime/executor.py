@@ -183,10 +183,11 @@ class Executor:
 
     def map_tasks(
         self, fn: Callable[..., Any], tasks: Iterable[tuple[Hashable, dict[str, Any]]],
-        shared: dict[str, Any] | None = None,
+        shared: dict[str, Any] | None = None, resources: dict[str, float] | None = None,
     ) -> Iterator[tuple[Hashable, Any]]:  # fmt: skip
         """``fn(**task, **shared)`` for each ``(key, task)``; yield ``(key, result)`` as each finishes.
-        A task's error is raised here as the task raised it."""
+        A task's error is raised here as the task raised it. ``resources``: what each task asks of Ray
+        besides its CPU (``{"num_gpus": 0.5}`` for a model inside it)."""
         raise NotImplementedError
 
 
@@ -197,7 +198,7 @@ class LocalExecutor(Executor):
         for uid, refs in units:
             yield finish_unit(root, uid, run_stages(stages, read_unit(sources, (uid, refs))))
 
-    def map_tasks(self, fn, tasks, shared=None):
+    def map_tasks(self, fn, tasks, shared=None, resources=None):
         for key, kw in tasks:
             yield key, fn(**kw, **(shared or {}))
 
@@ -316,13 +317,14 @@ class RayExecutor(Executor):
             for text in raw[RECORD]:
                 yield UnitDone.from_json(str(text))
 
-    def map_tasks(self, fn, tasks, shared=None):
+    def map_tasks(self, fn, tasks, shared=None, resources=None):
         import ray
 
         tasks = list(tasks)
         if not tasks:
             return
-        remote = ray.remote(num_cpus=1)(fn)  # the worker's title is ray::<fn's name>
+        asks = {k: v for k, v in (resources or {}).items() if v}
+        remote = ray.remote(num_cpus=1, **asks)(fn)  # the worker's title is ray::<fn's name>
         # each shared value goes to the object store once, shared by every task
         refs = {k: ray.put(v) for k, v in (shared or {}).items()}
         futures = {remote.remote(**kw, **refs): key for key, kw in tasks}
