@@ -47,7 +47,7 @@ bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed
 gpu-prepare: setup  ## fill .whl/ (wheels + assets) for a GPU session; see README.md, Benchmarks
 	bash bench/gpu_prepare.sh
 
-soak: setup  ## fault-injection soak: 500 SIGKILL-and-resume trials of build and regen (~10 min)
+soak: setup  ## fault-injection soak: ~575 SIGKILL-and-resume trials of build and regen (~45 min on 2 cores)
 	SCONE_SOAK_TRIALS=25 $(BIN)/python -m pytest -q tests/reliability/test_reliability_faults.py tests/runtime/test_runtime_kill.py
 
 TRAIN_DEMO := out/train_demo

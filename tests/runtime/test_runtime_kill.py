@@ -114,11 +114,18 @@ def test_hostile_sigkill_at_commit_points_then_resume_equals_clean_build(clean, 
         _check(out, want, f"{executor} trial {t} {points}")
 
 
+# A trial is one or two killed runs and a resume of the demo build, each a new process: ~20 s on this
+# 2-core machine, so the suite-wide 600 s timeout would cut the soak short (it did, at 25 trials);
+# the budget here is 60 s per trial.
+LOCAL_TRIALS_PER_SOAK = 2  # the in-process build is the cheaper one to kill, so it gets more trials
+
+
 @pytest.mark.skipif(not SOAK, reason="random-moment kills depend on timing: make soak (SCONE_SOAK_TRIALS)")
+@pytest.mark.timeout(120 + 60 * SOAK * LOCAL_TRIALS_PER_SOAK)
 def test_sigkill_at_random_moments_then_resume_equals_clean_build(clean, tmp_path, repo_root):
     executor, want, duration = clean
     rng = random.Random(1234 + SOAK)
-    for t in range(SOAK * (4 if executor == "local" else 1)):
+    for t in range(SOAK * (LOCAL_TRIALS_PER_SOAK if executor == "local" else 1)):
         out = tmp_path / f"trial{t}"
         cmd = _cmd(repo_root, out, executor)
         _run(cmd, kill_after=rng.uniform(0.3, 0.85) * duration)
