@@ -193,12 +193,18 @@ def pipeline_dir_problems(root: Path, known: dict[str, str] | None, check_hash: 
     out += [f"file {root / f} is missing" for f in files if not (root / f).is_file()]
     if out or not check_hash:
         return out
-    for f in files:
-        if f.endswith(".json"):
-            try:
-                json.loads((root / f).read_text())
-            except (ValueError, OSError) as e:
-                out.append(f"file {root / f} is not valid JSON ({type(e).__name__})")
+    return _content_problems(root, [f for f in files if f.endswith(".json")], weights, known)
+
+
+def _content_problems(root: Path, jsons, weights, known: dict[str, str] | None) -> list[str]:
+    """Problems inside files that exist: JSON that does not parse, a safetensors file whose header
+    disagrees with its size, a registered sha256 that does not match."""
+    out = []
+    for f in jsons:
+        try:
+            json.loads((root / f).read_text())
+        except (ValueError, OSError) as e:
+            out.append(f"file {root / f} is not valid JSON ({type(e).__name__})")
     for f in weights:
         why = safetensors_problem(root / f)
         if why:
@@ -225,19 +231,8 @@ def dir_problems(root: Path, known: dict[str, str] | None = None, check_hash: bo
     out += [f"file {root / s} is missing" for s in shards if not (root / s).is_file()]
     if out or not check_hash:
         return out
-    for f in (*REQUIRED, *(o for o in OPTIONAL if o.endswith(".json") and (root / o).is_file())):
-        try:
-            json.loads((root / f).read_text())
-        except (ValueError, OSError) as e:
-            out.append(f"file {root / f} is not valid JSON ({type(e).__name__})")
-    for s in shards:
-        why = safetensors_problem(root / s)
-        if why:
-            out.append(f"file {root / s} {why}")
-    for f, want in (known or {}).items():
-        if (root / f).is_file() and (got := registry.file_sha256(root / f)) != want:
-            out.append(f"file {root / f} has sha256 {got}, expected {want}")
-    return out
+    jsons = (*REQUIRED, *(o for o in OPTIONAL if o.endswith(".json") and (root / o).is_file()))
+    return _content_problems(root, jsons, shards, known)
 
 
 def problems(name: str, path: str | os.PathLike | None = None, check_hash: bool = True) -> list[str]:

@@ -22,27 +22,28 @@ touches the network. bf16 on GPUs, fp32 on CPUs (``bf16: auto``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from scone_data.models import registry
 from scone_data.stages.base import Batch, reject
-from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
+from scone_data.stages.model_stage import BAD_IMAGE, SnapshotStage, is_rgb_uint8
 
 EDIT_ARCHS = ("qwen_image_edit", "flux1_kontext_dev")
-EDIT_MODELS = (*EDIT_ARCHS, "local", "tiny")
 PIPELINES = {"qwen_image_edit": "QwenImageEditPipeline", "flux1_kontext_dev": "FluxKontextPipeline",
              "tiny": "FluxKontextPipeline"}  # fmt: skip
 NO_PROMPT = "no_edit_prompt: empty instruction"
 
 
 @dataclass
-class ImageEdit(ModelStage):
+class ImageEdit(SnapshotStage):
     """Settings, loading and the two uses of an image-edit model (see the module docstring)."""
 
     family: ClassVar[str] = "edit"
+    archs: ClassVar[tuple[str, ...]] = EDIT_ARCHS
+    layout: ClassVar[str | None] = "diffusers"
+    local_needs: ClassVar[str] = "a diffusers pipeline directory"
     name: ClassVar[str] = "image_edit"
     type: ClassVar[str] = ""  # not a bank step yet: the pipelines call insert/repose
     needs: ClassVar[tuple[str, ...]] = ("image", "edit_prompt", "edit_seed")
@@ -66,27 +67,8 @@ class ImageEdit(ModelStage):
     # torch threads on a CPU: one fixed count gives the same bytes in a Ray actor and in-process
     cpu_threads: int | None = 1
 
-    def weights_problems(self) -> list[str]:
-        from scone_data.models import snapshots
-
-        if self.model in EDIT_ARCHS:
-            name = snapshots.for_model(self.family, self.model).name
-            return registry.problems(name, self.weights_dir, self.verify_sha256)
-        if self.model == "local" and not self.weights_dir:
-            return ["weights_dir: model local needs a diffusers pipeline directory"]
-        if self.weights_dir:
-            root = Path(self.weights_dir).expanduser()
-            msgs = snapshots.dir_problems(root, None, self.verify_sha256, "diffusers")
-            return [f"weights_dir: {m}" for m in msgs]
-        return []
-
     def validate(self) -> list[str]:
-        if self.model not in EDIT_MODELS:
-            out = [f"model: {self.model!r} is not one of {', '.join(EDIT_MODELS)}"]
-        else:
-            out = self.weights_problems()
-        out += registry.model_setting_problems(self.family, "tiny", ("tiny",), None, self.device,
-                                               self.num_gpus, self.verify_sha256)  # fmt: skip
+        out = self.snapshot_problems()
         name = self.pipeline or PIPELINES.get(self.model)
         if name:
             from scone_data.models.edit import pipeline_class
@@ -105,18 +87,6 @@ class ImageEdit(ModelStage):
         if self.bf16 not in ("auto", True, False):
             out.append(f"bf16: {self.bf16!r} is not auto, true or false")
         return out
-
-    def model_dir(self) -> Path | None:
-        """The directory to load, checked (a missing or corrupt file raises ``CheckpointError`` naming
-        it and the fetch command); None for the tiny preset built in code."""
-        msgs = self.weights_problems()
-        if msgs:
-            raise registry.CheckpointError("; ".join(msgs))
-        if self.model in EDIT_ARCHS:
-            from scone_data.models import snapshots
-
-            return registry.resolve(snapshots.for_model(self.family, self.model).name, self.weights_dir)
-        return Path(self.weights_dir).expanduser() if self.weights_dir else None
 
     def setup(self) -> None:
         import torch
@@ -144,14 +114,6 @@ class ImageEdit(ModelStage):
         self._editor = Editor(pipe, self.num_inference_steps, self.guidance_scale, self.batch_size,
                               self.size, call, self.cpu_threads)  # fmt: skip
         self._info = self.model_info()
-
-    def model_info(self) -> dict:
-        """Provenance: the model's name and its weights' digest (None for the tiny preset in code)."""
-        from scone_data.models import snapshots
-
-        path = self.model_dir()
-        return {"name": f"{self.family}_{self.model}",
-                "weights_sha256": snapshots.digest(path) if path else None}  # fmt: skip
 
     def _ensure(self) -> None:
         if not self._ready:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -47,4 +48,68 @@ class ModelStage(Stage):
         return {
             "name": f"{self.family}_{self.model}",
             "weights_sha256": registry.weights_sha256(self.family, self.model, self.checkpoint),
+        }
+
+
+@dataclass
+class SnapshotStage(ModelStage):
+    """A model stage whose weights are a whole model directory (a registry snapshot: a VLM, a
+    diffusers pipeline) instead of one checkpoint file. ``model`` is one of ``archs`` (registered,
+    loaded from ``weights_dir`` or the cache), ``local`` (``weights_dir`` as given) or ``tiny``
+    (random weights built in code). Subclasses set the class variables and the fields ``model``,
+    ``weights_dir``, ``device``, ``num_gpus`` and ``verify_sha256``."""
+
+    archs: ClassVar[tuple[str, ...]] = ()
+    layout: ClassVar[str | None] = None  # snapshots.dir_problems' layout for a local directory
+    local_needs: ClassVar[str] = "a model directory"  # what ``model: local`` needs in weights_dir
+
+    def weights_problems(self) -> list[str]:
+        from scone_data.models import snapshots
+
+        if self.model in self.archs:
+            name = snapshots.for_model(self.family, self.model).name
+            return registry.problems(name, self.weights_dir, self.verify_sha256)
+        if self.model == "local" and not self.weights_dir:
+            return [f"weights_dir: model local needs {self.local_needs}"]
+        if self.weights_dir:
+            root = Path(self.weights_dir).expanduser()
+            return [
+                f"weights_dir: {m}"
+                for m in snapshots.dir_problems(root, None, self.verify_sha256, self.layout)
+            ]
+        return []
+
+    def snapshot_problems(self) -> list[str]:
+        """The model name, its weights, and the device and GPU checks every model stage shares."""
+        models = (*self.archs, "local", "tiny")
+        if self.model not in models:
+            out = [f"model: {self.model!r} is not one of {', '.join(models)}"]
+        else:
+            out = self.weights_problems()
+        # no checkpoint file to check there: the weights are checked above
+        out += registry.model_setting_problems(
+            self.family, "tiny", ("tiny",), None, self.device, self.num_gpus, self.verify_sha256
+        )
+        return out
+
+    def model_dir(self) -> Path | None:
+        """The directory to load, checked (a missing or corrupt file raises ``CheckpointError`` naming
+        it and the fetch command); None for the tiny preset built in code."""
+        msgs = self.weights_problems()
+        if msgs:
+            raise registry.CheckpointError("; ".join(msgs))
+        if self.model in self.archs:
+            from scone_data.models import snapshots
+
+            return registry.resolve(snapshots.for_model(self.family, self.model).name, self.weights_dir)
+        return Path(self.weights_dir).expanduser() if self.weights_dir else None
+
+    def model_info(self) -> dict:
+        """Provenance: the model's name and its weights' digest (None for the tiny preset in code)."""
+        from scone_data.models import snapshots
+
+        path = self.model_dir()
+        return {
+            "name": f"{self.family}_{self.model}",
+            "weights_sha256": snapshots.digest(path) if path else None,
         }

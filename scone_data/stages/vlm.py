@@ -26,11 +26,10 @@ from typing import Any, ClassVar
 
 from scone_data.models import registry
 from scone_data.stages.base import Batch, register_stage, reject
-from scone_data.stages.model_stage import BAD_IMAGE, ModelStage, is_rgb_uint8
+from scone_data.stages.model_stage import BAD_IMAGE, SnapshotStage, is_rgb_uint8
 
 PROMPTS = Path(__file__).with_name("prompts")
 VLM_ARCHS = ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen3_vl_4b", "qwen3_vl_8b")
-VLM_MODELS = (*VLM_ARCHS, "local", "tiny")
 _TAG = re.compile(r"[a-z][a-z '\-]{0,39}")
 
 
@@ -53,10 +52,11 @@ def load_prompt(name: str, version: str) -> Prompt:
 
 
 @dataclass
-class VlmModel(ModelStage):
+class VlmModel(SnapshotStage):
     """Settings and loading shared by the captioner and the verifier."""
 
     family: ClassVar[str] = "vlm"
+    archs: ClassVar[tuple[str, ...]] = VLM_ARCHS
     prompt_name: ClassVar[str] = ""
 
     model: str = "qwen2_5_vl_7b"  # a registered arch (VLM_ARCHS) | local | tiny (random weights, tests)
@@ -71,27 +71,8 @@ class VlmModel(ModelStage):
     verify_sha256: bool = True  # False: only check that the files exist
     seed: int = 0  # initialises the tiny preset
 
-    def weights_problems(self) -> list[str]:
-        from scone_data.models import snapshots
-
-        if self.model in VLM_ARCHS:
-            name = snapshots.for_model(self.family, self.model).name
-            return registry.problems(name, self.weights_dir, self.verify_sha256)
-        if self.model == "local" and not self.weights_dir:
-            return ["weights_dir: model local needs a model directory"]
-        if self.weights_dir:
-            msgs = snapshots.dir_problems(Path(self.weights_dir).expanduser(), None, self.verify_sha256)
-            return [f"weights_dir: {m}" for m in msgs]
-        return []
-
     def validate(self) -> list[str]:
-        if self.model not in VLM_MODELS:
-            out = [f"model: {self.model!r} is not one of {', '.join(VLM_MODELS)}"]
-        else:
-            out = self.weights_problems()
-        # the device and GPU checks every model stage shares (no checkpoint file: weights are above)
-        out += registry.model_setting_problems(self.family, "tiny", ("tiny",), None, self.device,
-                                               self.num_gpus, self.verify_sha256)  # fmt: skip
+        out = self.snapshot_problems()
         if not (PROMPTS / f"{self.prompt_name}.{self.prompt_version}.txt").is_file():
             have = sorted(p.name for p in PROMPTS.glob(f"{self.prompt_name}.*.txt"))
             out.append(f"prompt_version: no file {self.prompt_name}.{self.prompt_version}.txt (have {have})")
@@ -101,18 +82,6 @@ class VlmModel(ModelStage):
         if self.attention not in ("sdpa", "eager"):
             out.append(f"attention: {self.attention!r} is not sdpa or eager")
         return out
-
-    def model_dir(self) -> Path | None:
-        """The directory to load, checked (a missing or corrupt file raises ``CheckpointError`` naming
-        it and the fetch command); None for the tiny preset built in code."""
-        msgs = self.weights_problems()
-        if msgs:
-            raise registry.CheckpointError("; ".join(msgs))
-        if self.model in VLM_ARCHS:
-            from scone_data.models import snapshots
-
-            return registry.resolve(snapshots.for_model(self.family, self.model).name, self.weights_dir)
-        return Path(self.weights_dir).expanduser() if self.weights_dir else None
 
     def setup(self) -> None:
         from scone_data.models.vlm import VlmGenerator, build_tiny, load_vlm
@@ -131,16 +100,6 @@ class VlmModel(ModelStage):
         self._gen = VlmGenerator(model, proc)
         self._prompt = load_prompt(self.prompt_name, self.prompt_version)
         self._info = self.model_info()
-
-    def model_info(self) -> dict:
-        """Provenance: the model's name and its weights' digest (None for the tiny preset in code)."""
-        from scone_data.models import snapshots
-
-        path = self.model_dir()
-        return {
-            "name": f"{self.family}_{self.model}",
-            "weights_sha256": snapshots.digest(path) if path else None,
-        }
 
 
 def parse_caption(text: str, max_tags: int) -> tuple[str | None, list[str]]:
