@@ -14,6 +14,22 @@ def bf16_autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None, on_cpu: bool):
+    """torch's intra-op threads set to ``n`` for the block when the model runs on a CPU (``on_cpu``),
+    then restored; a no-op for ``n=None`` or a GPU. fp32 sums follow the thread count, so a Ray worker
+    (one thread) and an in-process run (every core) give the same bytes only with one fixed count."""
+    if n is None or not on_cpu:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fill zero-initialised parameters (rel-pos tables, biases, ...) with N(0, 0.02) noise, seeded.
 

@@ -177,6 +177,8 @@ class Editor:
         import torch
         from PIL import Image
 
+        from scone_data.models.common import cpu_threads
+
         pil = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
         w, h = pil[0].size
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]  # CPU noise: device-independent
@@ -184,16 +186,8 @@ class Editor:
         # one negative prompt per item: Qwen-Image-Edit pairs each with its image
         if isinstance(kw.get("negative_prompt"), str):
             kw["negative_prompt"] = [kw["negative_prompt"]] * len(pil)
-        threads = torch.get_num_threads()
-        fix = self.cpu_threads is not None and self.pipe.device.type == "cpu"
-        try:
-            if fix:
-                torch.set_num_threads(int(self.cpu_threads))
-            with torch.inference_mode():
-                out = self.pipe(image=pil, prompt=list(prompts), generator=gens, **kw)
-        finally:
-            if fix:
-                torch.set_num_threads(threads)
+        with cpu_threads(self.cpu_threads, self.pipe.device.type == "cpu"), torch.inference_mode():
+            out = self.pipe(image=pil, prompt=list(prompts), generator=gens, **kw)
         return np.asarray(out.images, dtype=np.float32)
 
     def edit_float(self, items: list[EditItem]) -> list[np.ndarray]:

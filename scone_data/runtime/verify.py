@@ -63,17 +63,10 @@ class ShardVerifier(VlmVerifier):
 
     def judge(self, samples: list[tuple[dict, dict[str, Any]]]) -> list[dict[str, Any]]:
         """:meth:`verify_many` with ``cpu_threads`` torch threads when the model runs on a CPU."""
-        import torch
+        from scone_data.models.common import cpu_threads
 
-        fix = self.cpu_threads is not None and registry.resolve_device(self.device) == "cpu"
-        threads = torch.get_num_threads()
-        try:
-            if fix:
-                torch.set_num_threads(int(self.cpu_threads))
+        with cpu_threads(self.cpu_threads, registry.resolve_device(self.device) == "cpu"):
             return self.verify_many(samples)
-        finally:
-            if fix:
-                torch.set_num_threads(threads)
 
 
 _LOADED: dict[str, ShardVerifier] = {}

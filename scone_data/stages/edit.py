@@ -113,7 +113,7 @@ class ImageEdit(SnapshotStage):
                 call = {**TINY_CALL, **call}
         self._editor = Editor(pipe, self.num_inference_steps, self.guidance_scale, self.batch_size,
                               self.size, call, self.cpu_threads)  # fmt: skip
-        self._info = self.model_info()
+        self._info = self.info_for(path)  # path: checked by model_dir above
 
     def _ensure(self) -> None:
         if not self._ready:

@@ -106,9 +106,12 @@ class SnapshotStage(ModelStage):
 
     def model_info(self) -> dict:
         """Provenance: the model's name and its weights' digest (None for the tiny preset in code)."""
+        return self.info_for(self.model_dir())
+
+    def info_for(self, path: Path | None) -> dict:
+        """:meth:`model_info` for a directory :meth:`model_dir` already checked (setup has one)."""
         from scone_data.models import snapshots
 
-        path = self.model_dir()
         return {
             "name": f"{self.family}_{self.model}",
             "weights_sha256": snapshots.digest(path) if path else None,

@@ -99,7 +99,7 @@ class VlmModel(SnapshotStage):
             raise registry.CheckpointError(f"weights_dir {path}: the processor has no chat template")
         self._gen = VlmGenerator(model, proc)
         self._prompt = load_prompt(self.prompt_name, self.prompt_version)
-        self._info = self.model_info()
+        self._info = self.info_for(path)  # path: checked by model_dir above
 
 
 def parse_caption(text: str, max_tags: int) -> tuple[str | None, list[str]]:
