@@ -76,7 +76,7 @@ class BankIndex:
             "val": defaultdict(list),
         }
         val_set = frozenset(cfg.val_images)
-        known = {im["image_id"] for im in images.values()} | {im.get("group_id") for im in images.values()}
+        known = {v for im in images.values() for v in (im["image_id"], im.get("group_id")) if v}
         if val_set - known:
             from scone_data.runtime.overrides import ConfigError
 
