@@ -3,9 +3,9 @@ planning memory and time as the bank grows.
 
 (a) Bank reads. A bank of real-size photos (skimage photos resized to ``--side`` pixels, JPEG, with
     coloured synthetic subjects, as in ``cpu_pairs.py``) is written as bank image parts of 16 images in
-    two layouts: one row group per image (what ``runtime.bank.write_unit`` writes) and one row group per
+    two layouts: one row group per image (what ``bank.store.write_unit`` writes) and one row group per
     part (banks of earlier versions). The same planned samples are rendered through
-    ``runtime.bank.ImageLoader`` from each; the table gives the compressed bytes the loader read per
+    ``bank.store.ImageLoader`` from each; the table gives the compressed bytes the loader read per
     sample, against the bytes of the distinct images the sample uses (its target and the source photo of
     every candidate). Target: within 2x.
 (b) Planning. ``plan_samples`` on synthetic subject records (no pixels; 3 subjects per image) at 1k, 10k
@@ -38,9 +38,9 @@ import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from scone_data import SCHEMA_VERSION
+from scone_data.bank.store import ImageLoader, images_schema
 from scone_data.imageio import encode_jpeg
 from scone_data.pairs import PairConfig, plan_samples, render_sample
-from scone_data.runtime.bank import ImageLoader, images_schema
 from scone_data.shards.files import write_parquet
 
 HERE = Path(__file__).resolve().parent

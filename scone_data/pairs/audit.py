@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from scone_data.pairs.bank import mask_box, scene_index
+from scone_data.bank.records import mask_box, scene_index
 from scone_data.pairs.card import copy_paste_histogram
 from scone_data.pairs.truth import check_sample
 from scone_data.shards.output import Output
@@ -42,7 +42,7 @@ def _mask_problems(bank) -> dict[str, str]:
 
 def audit(output: str | Path) -> dict:
     """Every sample of ``output`` checked; returns the per-task figures (see :func:`format_report`)."""
-    from scone_data.runtime.bank import Bank
+    from scone_data.bank.store import Bank
 
     out = Path(output)
     manifest = Output(out).read_manifest(validate=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 
-from scone_data.pairs.bank import BankSubject
+from scone_data.bank.records import BankSubject
 
 # A single cutout fills this fraction of the reference's side before the random scale; enough margin
 # that rotation and perspective stay inside the canvas.

@@ -12,7 +12,7 @@ import hashlib
 import random
 from collections import Counter
 
-from scone_data.pairs.bank import BankIndex
+from scone_data.bank.index import BankIndex
 from scone_data.pairs.config import PairConfig
 from scone_data.pairs.sample_plan import ReferencePlan, SamplePlan
 from scone_data.pairs.tasks import TaskPlanner

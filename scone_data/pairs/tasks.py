@@ -19,10 +19,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from scone_data.bank.index import BankIndex
+from scone_data.bank.records import BankSubject, informative
 from scone_data.imageio import rle_to_mask
 from scone_data.pairs import expressions as ex
 from scone_data.pairs import layout
-from scone_data.pairs.bank import BankIndex, BankSubject, informative
 from scone_data.pairs.distractors import INTRA_POOL, INTRA_SCAN, LabelSpace, color_histogram, order_intra
 from scone_data.pairs.instructions import instruction, name_subject
 from scone_data.pairs.sample_plan import PlacedCandidate, ReferencePlan, TargetBox

@@ -22,17 +22,17 @@ from typing import Any
 import pyarrow as pa
 
 from scone_data import SCHEMA_VERSION, __version__, schemas
-from scone_data.models import registry
-from scone_data.pairs.card import dataset_card
-from scone_data.runtime import config as C
-from scone_data.runtime import inputs, outdir
-from scone_data.runtime.bank import (
+from scone_data.bank.store import (
     Bank,
     BankDamaged,
     ImageLoader,
     check_bank,
     write_extra_rejects,
 )
+from scone_data.models import registry
+from scone_data.pairs.card import dataset_card
+from scone_data.runtime import config as C
+from scone_data.runtime import inputs, outdir
 from scone_data.runtime.executor import Executor, open_executor
 from scone_data.runtime.progress import progress
 from scone_data.runtime.verify import CHUNK, ShardVerification

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from scone_data.bank.store import KINDS, UNIT_FMT, write_unit
 from scone_data.runtime import transport
-from scone_data.runtime.bank import KINDS, UNIT_FMT, write_unit
 from scone_data.sources import Source
 from scone_data.stages.base import Batch, Stage
 

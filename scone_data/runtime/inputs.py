@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from scone_data.runtime.bank import KINDS, PART_NAME
+from scone_data.bank.store import KINDS, PART_NAME
 from scone_data.runtime.config import ConfigError
 from scone_data.runtime.outdir import OutputError
 from scone_data.shards.output import Output

@@ -27,7 +27,7 @@ from typing import Any
 log = logging.getLogger("scone_data")
 
 LEGACY = ("decode", "detect", "segment", "subjects")
-# what runtime/bank.py's unit_tables reads from the steps (the sources give uri, source, image_bytes)
+# what bank/store.py's unit_tables reads from the steps (the sources give uri, source, image_bytes)
 BANK_NEEDS = ("image_id", "width", "height", "subjects", "subject_rejects")
 
 

@@ -8,7 +8,7 @@ task, split, number of references and byte range, in the tar's order); the stats
 tar (samples, bytes, sha256, samples per task); every count of the manifest against the files
 (samples, tasks, splits, reject reasons from ``rejects.parquet``; images and subjects from the bank
 of a build, or of the build a regen read, or from the records of an import); the bank of a build
-(see :func:`scone_data.runtime.bank.check_bank`); no tar or other file the output does not account
+(see :func:`scone_data.bank.store.check_bank`); no tar or other file the output does not account
 for; no temporary file left where a reader could see it.
 
 Returns every problem found, one line each (empty list = valid). A damaged file is a finding, never
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scone_data import schemas
-from scone_data.runtime.bank import check_bank, one_line
+from scone_data.bank.store import check_bank, one_line
 from scone_data.runtime.outdir import LOCK_NAME
 from scone_data.shards.files import TMP_PREFIX
 from scone_data.shards.output import CARD, MANIFEST, REJECTS, SHARD_EXTS, ManifestError, Output

@@ -12,8 +12,8 @@ import pytest
 from pairs_bank import SHAPE_LABELS, image_record, make_bank, subject_record
 from pycocotools import mask as mask_utils
 
+from scone_data.bank.records import split_of
 from scone_data.pairs import TASKS, PairConfig, plan_samples
-from scone_data.pairs.bank import split_of
 from scone_data.pairs.expressions import COLOR_DOMINANT, COLOR_OTHER_MAX, POS_MARGIN_FRAC, SIZE_RATIO
 
 KEY_OK = __import__("re").compile(r"^[A-Za-z0-9_-]+$")

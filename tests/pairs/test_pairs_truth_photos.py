@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from scone_data.bank.store import Bank
 from scone_data.pairs.expressions import PERSON_NOUNS
 from scone_data.pairs.truth import COLOR_WORDS, check_sample, parse_mentions, parse_phrase
-from scone_data.runtime.bank import Bank
 from scone_data.runtime.build import build
 from scone_data.runtime.config import load_config
 from scone_data.shards.writer import iter_records

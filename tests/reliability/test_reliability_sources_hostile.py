@@ -238,8 +238,8 @@ def test_hostile_same_photo_twice_keeps_one_copy_with_all_its_subjects(tmp_path,
     keep one copy each with every subject, whether a copy shares a unit with its twin or not."""
     from test_reliability_support import toy_config
 
+    from scone_data.bank.store import Bank
     from scone_data.runtime import config as C
-    from scone_data.runtime.bank import Bank
     from scone_data.runtime.build import make_sources, make_stages, run_bank_phase
 
     coco = _disc_coco(tmp_path / "toy")

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from tests_helpers import build_demo
 
+from scone_data.bank.store import Bank, check_bank
 from scone_data.cli import main
-from scone_data.runtime.bank import Bank, check_bank
 
 
 @pytest.fixture(scope="module")

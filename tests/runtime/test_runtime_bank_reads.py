@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION
+from scone_data.bank.store import ImageLoader, images_schema
 from scone_data.imageio import encode_jpeg
-from scone_data.runtime.bank import ImageLoader, images_schema
 from scone_data.shards.files import write_parquet
 
 

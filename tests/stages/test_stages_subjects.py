@@ -230,8 +230,8 @@ def test_rejects_keep_label_and_box():
 def test_subject_rejects_reach_the_bank_with_their_boxes(tmp_path):
     import pyarrow.parquet as pq
 
+    from scone_data.bank.store import Bank, write_unit
     from scone_data.imageio import encode_png
-    from scone_data.runtime.bank import Bank, write_unit
 
     img = np.full((H, W, 3), 200, np.uint8)
     batch = _row(
