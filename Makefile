@@ -42,6 +42,7 @@ bench: setup  ## CPU benchmarks and the GPU scripts' smoke modes; tables printed
 	$(BIN)/python bench/cpu_scale.py --out bench/out/cpu_scale.json
 	$(BIN)/python bench/gpu_assets.py bench/out/assets
 	PATH=$(abspath $(BIN)):$$PATH GPU_ASSETS=bench/out/assets OUT=bench/out/gpu_smoke bash bench/gpu_run.sh --smoke
+	$(BIN)/python bench/gpu_engine.py --smoke --out bench/out/gpu_smoke/gpu_engine.json
 	@echo "GPU machine: make gpu-prepare here, then the device command in README.md (Benchmarks)"
 
 gpu-prepare: setup  ## fill .whl/ (wheels + assets) for a GPU session; see README.md, Benchmarks
