@@ -8,10 +8,12 @@ planning memory and time as the bank grows.
     ``bank.store.ImageLoader`` from each; the table gives the compressed bytes the loader read per
     sample, against the bytes of the distinct images the sample uses (its target and the source photo of
     every candidate). Target: within 2x.
-(b) Planning. ``plan_samples`` on synthetic subject records (no pixels; 3 subjects per image) at 1k, 10k
-    and 100k subjects, each size in a fresh process: planning time and the process's peak RSS. This
-    measures the planner as it is (the whole bank in one process); issue 13's bounded, partitioned
-    planning is to make the RSS flat.
+(b) Planning. A synthetic bank (3 subjects per image, 40 labels, parts of 16 images, one tiny JPEG
+    per image) of 1k, 10k and 100k subjects is written to disk by one process; another, fresh process
+    plans it as a build does (``runtime.build.plan_bank``: by partition, on the in-process executor,
+    so the peak RSS holds the driver and each task in turn): planning time and peak RSS. For
+    comparison, the whole-bank planner (``plan_samples`` on every subject in one list, what builds
+    did before) in a third process.
 
 Prints tables; ``--out`` writes JSON; ``--smoke`` is a tiny size for tests.
 
@@ -37,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from scone_data import SCHEMA_VERSION
+from scone_data import SCHEMA_VERSION, schemas
 from scone_data.bank.store import ImageLoader, images_schema
 from scone_data.imageio import encode_jpeg
 from scone_data.pairs import PairConfig, plan_samples, render_sample
@@ -45,8 +47,8 @@ from scone_data.shards.files import write_parquet
 
 HERE = Path(__file__).resolve().parent
 PROVENANCE = {"builder_version": "bench", "config_hash": "0" * 16, "seed": 0, "source": "bench", "models": []}
-FULL = dict(images=96, samples=96, side=1600, plan_sizes=(1_000, 10_000, 100_000))
-SMOKE = dict(images=16, samples=12, side=320, plan_sizes=(300,))
+FULL = dict(images=96, samples=96, side=1600, plan_sizes=(1_000, 10_000, 100_000), partition_images=10_000)
+SMOKE = dict(images=16, samples=12, side=320, plan_sizes=(300, 900), partition_images=40)
 UNIT = 16  # images per bank part, as runtime.unit_size's default
 
 
@@ -148,26 +150,92 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PLAN_CFG = dict(samples_per_image=1.0, seed=0, crop_prob=0.0)
+
+
 def plan_one(n_subjects: int) -> dict:
-    """In this process: plan about one sample per image of a synthetic bank of ``n_subjects``."""
+    """In this process: the whole-bank planner, about one sample per image of ``n_subjects``."""
     subjects, images = _synthetic(n_subjects)
     base = _peak_rss_mb()
     t0 = time.perf_counter()
-    plans, _ = plan_samples(subjects, images, PairConfig(samples_per_image=1.0, seed=0, crop_prob=0.0))
+    plans, _ = plan_samples(subjects, images, PairConfig(**PLAN_CFG))
     dt = time.perf_counter() - t0
     peak = _peak_rss_mb()
     return {"subjects": n_subjects, "samples": len(plans), "plan_s": dt, "peak_rss_mb": peak,
             "rss_before_plan_mb": base}  # fmt: skip
 
 
+# the Subject fields planning does not read, as an annotation source gives them
+SUBJECT_DEFAULTS = {"box_xyxy": [280.0, 208.0, 360.0, 272.0], "det_score": 1.0, "det_source": "annotation",
+                    "mask_score": 1.0, "mask_source": "annotation", "stability": 1.0, "area_frac": 0.01}  # fmt: skip
+
+
+def write_bank(n_subjects: int, root: Path) -> None:
+    """The synthetic bank of ``n_subjects`` as bank parts under ``root/bank`` (one process)."""
+    subjects, images = _synthetic(n_subjects)
+    jpg = encode_jpeg(np.full((48, 64, 3), 128, np.uint8), 80)
+    ids = sorted(images)
+    subs_of: dict[str, list] = {}
+    for s in subjects:
+        subs_of.setdefault(s["image_id"], []).append(s)
+    for u in range(0, len(ids), UNIT):
+        name = f"part-{u // UNIT:05d}.parquet"
+        recs = [{"schema_version": SCHEMA_VERSION, "uri": i, "source": "bench", "license": None,
+                 **images[i], "image_bytes": jpg} for i in ids[u : u + UNIT]]  # fmt: skip
+        write_parquet(root / "bank/images" / name, pa.Table.from_pylist(recs, schema=images_schema()))
+        subs = [
+            {**SUBJECT_DEFAULTS, **x, "attributes": {"position": "center", "size_rank": 0, **x["attributes"]}}
+            for i in ids[u : u + UNIT]
+            for x in subs_of.get(i, [])
+        ]
+        write_parquet(root / "bank/subjects" / name, schemas.to_table("subject", subs, check=False))
+
+
+def plan_partitioned(root: Path, partition_images: int) -> dict:
+    """In this process: plan the bank under ``root`` as a build does (by partition, in-process)."""
+    from scone_data.bank import partition
+    from scone_data.runtime.build import plan_bank
+    from scone_data.runtime.executor import LocalExecutor
+
+    base = _peak_rss_mb()
+    t0 = time.perf_counter()
+    out = root / "out"
+    out.mkdir(exist_ok=True)
+    counts, _, figures, _ = plan_bank(
+        out, PairConfig(**PLAN_CFG, plan_partition_images=partition_images), LocalExecutor(), 10**8, root
+    )
+    dt = time.perf_counter() - t0
+    return {"subjects": figures["subjects"], "samples": sum(sum(c.values()) for c in counts),
+            "partitions": len(counts), "plan_s": dt, "peak_rss_mb": _peak_rss_mb(),
+            "rss_before_plan_mb": base, "plan_mb_on_disk": sum(
+                f.stat().st_size for f in (out / partition.PLAN_DIR).rglob("*") if f.is_file()) / 1e6}  # fmt: skip
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out")
-    ap.add_argument("--plan-one", type=int, help=argparse.SUPPRESS)  # the child process of (b)
+    ap.add_argument("--plan-one", type=int, help=argparse.SUPPRESS)  # the child processes of (b)
+    ap.add_argument("--write-bank", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--plan-partitioned", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.plan_one:
         print(json.dumps(plan_one(a.plan_one)))
+        return
+    if a.write_bank:
+        write_bank(int(a.write_bank[0]), Path(a.write_bank[1]))
+        print("{}")
+        return
+    if a.plan_partitioned:
+        print(json.dumps(plan_partitioned(Path(a.plan_partitioned[0]), int(a.plan_partitioned[1]))))
         return
     cv2.setNumThreads(1)
     size = SMOKE if a.smoke else FULL
@@ -178,21 +246,28 @@ def main(argv=None) -> None:
     for r in reads:
         print(f"{r['layout']:>26}  {r['samples']:7d}  {r['read_mb_per_sample']:14.3f}  "
               f"{r['used_mb_per_sample']:14.3f}  {r['ratio']:9.2f}  {r['render_s']:8.2f}")  # fmt: skip
-    plans = []
+    plans, whole = [], []
     for n in size["plan_sizes"]:
-        out = subprocess.run(
-            [sys.executable, __file__, "--plan-one", str(n)], capture_output=True, text=True, check=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
-        plans.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print("\n(b) planning in one process, 3 subjects per image, ~1 sample per image")
-    print(f"{'subjects':>9}  samples  plan s  peak RSS MB  RSS before planning MB")
-    for r in plans:
-        print(f"{r['subjects']:9d}  {r['samples']:7d}  {r['plan_s']:6.2f}  {r['peak_rss_mb']:11.0f}  "
-              f"{r['rss_before_plan_mb']:22.0f}")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            _child("--write-bank", str(n), tmp)
+            plans.append(_child("--plan-partitioned", tmp, str(size["partition_images"])))
+        whole.append(_child("--plan-one", str(n)))
+    print("\n(b) planning, 3 subjects per image, ~1 sample per image")
+    print(f"{'subjects':>9}  {'planner':>32}  partitions  samples  plan s  peak RSS MB  RSS before MB")
+    for r, w in zip(plans, whole):
+        for name, x in (("by partition (build's plan_bank)", r), ("whole bank (plan_samples)", w)):
+            print(f"{x['subjects']:9d}  {name:>32}  {x.get('partitions', 1):10d}  {x['samples']:7d}  "
+                  f"{x['plan_s']:6.2f}  {x['peak_rss_mb']:11.0f}  {x['rss_before_plan_mb']:13.0f}")  # fmt: skip
+    base = plans[0]
+    for r in plans[1:]:
+        print(f"{r['subjects']} vs {base['subjects']} subjects: peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}, "
+              f"plan time per subject x{(r['plan_s'] / r['subjects']) / (base['plan_s'] / base['subjects']):.2f}")  # fmt: skip
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"bank_reads": reads, "planning": plans}, indent=1) + "\n")
+        Path(a.out).write_text(
+            json.dumps({"bank_reads": reads, "planning": plans, "planning_whole_bank": whole}, indent=1)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ DRAW_TRIES_PER_ITEM = 8
 class BankIndex:
     """Subjects grouped by split, image and label, in a deterministic order (sorted by subject id)."""
 
-    def __init__(self, subjects: list[dict], images: dict[str, dict], cfg, others=()) -> None:
+    def __init__(
+        self, subjects: list[dict], images: dict[str, dict], cfg, others=(), anchors=None, check_val=True
+    ) -> None:
+        """``anchors``: the images samples may be anchored on (target photos), None for all; the others
+        only lend distractors (a planning partition's pool from other partitions). ``check_val``: refuse
+        a ``cfg.val_images`` id that no image has (off where the index holds part of the bank)."""
         self.rejects: Counter = Counter()
         self.images = images
         # Every instance known in an image, usable or not: (subject_id or "", label, box). A target must
@@ -34,7 +39,7 @@ class BankIndex:
         }
         val_set = frozenset(cfg.val_images)
         known = {v for im in images.values() for v in (im["image_id"], im.get("group_id")) if v}
-        if val_set - known:
+        if check_val and val_set - known:
             from scone_data.runtime.overrides import ConfigError
 
             missing = ", ".join(sorted(val_set - known))
@@ -42,7 +47,8 @@ class BankIndex:
         for s in sorted(subjects, key=lambda s: s["subject_id"]):
             reason, box = self._check(s, images, cfg)
             if reason:
-                self.rejects[reason] += 1
+                if anchors is None or s["image_id"] in anchors:  # a pool subject counts in its own partition
+                    self.rejects[reason] += 1
                 continue
             img = images[s["image_id"]]
             mbox, area = box
@@ -61,6 +67,7 @@ class BankIndex:
             self.by_image[b.image_id].append(b)
             self.by_label[b.split][b.label].append(b)
         self.image_ids = sorted(self.by_image)
+        self.anchor_ids = self.image_ids if anchors is None else [i for i in self.image_ids if i in anchors]
         # Group sources: an image without a group_id is a group of its own. Frames of one video show
         # the same objects, so "elsewhere" (distractor look-alikes) means outside the whole group.
         self.group_of = {i: str(images[i].get("group_id") or f"image:{i}") for i in self.image_ids}

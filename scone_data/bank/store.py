@@ -180,6 +180,59 @@ def _kept_subjects(
     return out
 
 
+class BankRows:
+    """Rows of bank parts, added in part order, with duplicated images resolved as the whole bank does:
+    an ``image_id`` keeps its first occurrence in unit order, later copies go to :attr:`duplicates` (and
+    become ``duplicate_image`` rejects) and their subjects and boxed rejects are left out. Add every
+    images part first, then subjects and rejects. The :class:`Bank` is this over all parts; a planning
+    partition (:mod:`.partition`) is this over its own images' rows."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict[str, Any]] = {}
+        self.image_part: dict[str, str] = {}  # image_id -> path of its images part
+        self.duplicates: list[dict[str, Any]] = []
+        self.subjects: list[dict[str, Any]] = []
+        self.others: list[dict[str, Any]] = []  # boxed subject rejects of kept images
+        self._dup_keys: set[tuple[str, str]] = set()
+        self._shared: set[str] = set()  # ids with a later copy in the kept copy's own part (one unit)
+
+    def add_images(self, part: str, recs: list[dict[str, Any]]) -> None:
+        name = Path(part).name
+        for rec in recs:
+            iid = rec["image_id"]
+            if iid in self.images:
+                self.duplicates.append(rec)
+                if self.image_part[iid] == part:
+                    self._shared.add(iid)
+                else:
+                    self._dup_keys.add((name, iid))
+                continue
+            self.images[iid] = rec
+            self.image_part[iid] = part
+
+    def add_subjects(self, part_name: str, recs: list[dict[str, Any]]) -> None:
+        self.subjects += _kept_subjects(recs, part_name, self._dup_keys, self._shared)
+
+    def add_rejects(self, part_name: str, recs: list[dict[str, Any]]) -> None:
+        """Keep the boxed subject rejects of ``recs`` (see :meth:`Bank.rejected_subjects`)."""
+        for r in recs:
+            iid, box = r["image_id"], r.get("box_xyxy")
+            # only the copy of a duplicated image that the bank kept (its part has the same name)
+            if r["stage"] != "subjects" or box is None or iid not in self.images:
+                continue
+            if Path(self.image_part[iid]).name != part_name:
+                continue
+            self.others.append({"image_id": iid, "label": r.get("label") or "", "box_xyxy": list(box),
+                                "reason": r["reason"]})  # fmt: skip
+
+    def duplicate_rejects(self) -> list[dict[str, Any]]:
+        out = []
+        for rec in self.duplicates:
+            detail = f"same bytes/id as {self.images[rec['image_id']]['uri']}"
+            out.append(schemas.reject_record("bank", rec["uri"], rec["image_id"], "duplicate_image", detail))
+        return out
+
+
 class Bank:
     """The whole bank, loaded for pair planning: subjects, image records, and where each image's bytes are.
 
@@ -189,48 +242,29 @@ class Bank:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.images: dict[str, dict[str, Any]] = {}
-        self.image_part: dict[str, str] = {}
-        self.duplicates: list[dict[str, Any]] = []
-        dup_keys: set[tuple[str, str]] = set()
-        shared: set[str] = set()  # ids with a later copy in the kept copy's own part (one unit)
+        rows = BankRows()
         problems: list[str] = []
         for part in _parts(root, "images"):
             try:
-                recs = read_part(part, "images")
+                rows.add_images(str(part), read_part(part, "images"))
             except BankDamaged as e:
                 problems += e.problems
-                continue
-            for rec in recs:
-                iid = rec["image_id"]
-                if iid in self.images:
-                    self.duplicates.append(rec)
-                    if self.image_part[iid] == str(part):
-                        shared.add(iid)
-                    else:
-                        dup_keys.add((part.name, iid))
-                    continue
-                self.images[iid] = rec
-                self.image_part[iid] = str(part)
-        self.subjects: list[dict[str, Any]] = []
         for part in _parts(root, "subjects"):
             try:
-                recs = read_part(part, "subjects")
+                rows.add_subjects(part.name, read_part(part, "subjects"))
             except BankDamaged as e:
                 problems += e.problems
-                continue
-            self.subjects += _kept_subjects(recs, part.name, dup_keys, shared)
         if problems:  # every unreadable part at once; reading on would plan from part of the bank
             raise BankDamaged(problems)
+        self._rows = rows
+        self.images, self.image_part = rows.images, rows.image_part
+        self.duplicates, self.subjects = rows.duplicates, rows.subjects
 
     def rejects(self) -> list[dict[str, Any]]:
         out = []
         for part in _parts(self.root, "rejects"):
             out.extend(read_part(part, "rejects"))
-        for rec in self.duplicates:
-            detail = f"same bytes/id as {self.images[rec['image_id']]['uri']}"
-            out.append(schemas.reject_record("bank", rec["uri"], rec["image_id"], "duplicate_image", detail))
-        return out
+        return out + self._rows.duplicate_rejects()
 
     def rejected_subjects(self) -> list[dict[str, Any]]:
         """Every subject reject of a bank image that kept its box, as ``{"image_id", "label",
@@ -238,20 +272,11 @@ class Bank:
         in :meth:`rejects`, e.g. ``"subject_mask_bleeds"``), in part and row order. The instances are
         still in the photos: the pair builder keeps them out of targets whose instruction names them.
         Reject parts written before rejects kept boxes add nothing."""
-        out = []
+        self._rows.others = []
         for part in _parts(self.root, "rejects"):
-            if "box_xyxy" not in pq.read_schema(part).names:
-                continue
-            for r in read_part(part, "rejects"):
-                iid = r["image_id"]
-                # only the copy of a duplicated image that the bank kept (its part has the same name)
-                if r["stage"] != "subjects" or r["box_xyxy"] is None or iid not in self.images:
-                    continue
-                if Path(self.image_part[iid]).name != part.name:
-                    continue
-                out.append({"image_id": iid, "label": r["label"] or "", "box_xyxy": list(r["box_xyxy"]),
-                            "reason": r["reason"]})  # fmt: skip
-        return out
+            if "box_xyxy" in pq.read_schema(part).names:
+                self._rows.add_rejects(part.name, read_part(part, "rejects"))
+        return self._rows.others
 
 
 class ImageLoader:

@@ -60,6 +60,10 @@ class PairConfig:
     # so that a small val split still holds every task type; a slot that no val image can fill is
     # counted as ``unfilled_val:<task>``. 0: the split follows the images drawn.
     val_min_per_task: int = 0
+    # Planning by partition (scone_data/bank/partition.py): a bank of more images than this is planned
+    # in ceil(images / this) partitions, each a task holding only its images and a bounded distractor
+    # pool; up to this many images the plan is the whole bank's. Depends on the bank, not the workers.
+    plan_partition_images: int = 10_000
     # References: square canvases of this side; the target keeps its aspect, its long side capped.
     ref_size: int = 512
     target_max_side: int = 1024
@@ -143,6 +147,8 @@ class PairConfig:
                 p.append(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             p.append(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.plan_partition_images < 1:
+            p.append(f"plan_partition_images: must be >= 1, got {self.plan_partition_images}")
         if self.val_min_per_task < 0:
             p.append(f"val_min_per_task: must be >= 0, got {self.val_min_per_task}")
         if not isinstance(self.val_images, list) or not all(

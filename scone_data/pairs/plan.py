@@ -58,10 +58,19 @@ def plan_samples(
     if problems:
         raise ValueError("invalid PairConfig: " + "; ".join(problems))
     bank = BankIndex(subjects, images, cfg, others)
+    return plan_from_index(bank, cfg, load_image)
+
+
+def plan_from_index(
+    bank: BankIndex, cfg: PairConfig, load_image=None, rng_name: str | None = None
+) -> tuple[list[SamplePlan], Counter]:
+    """:func:`plan_samples` on a built index: samples anchored on ``bank.anchor_ids``, drawn with
+    ``random.Random(rng_name)`` (None: the seed's own name, as a whole-bank plan). Planning by
+    partition (:mod:`scone_data.bank.partition`) calls it once per partition."""
     rejects: Counter = Counter(bank.rejects)
-    rng = random.Random(f"scone-data/pairs/{cfg.seed}")
+    rng = random.Random(rng_name or f"scone-data/pairs/{cfg.seed}")
     planner = TaskPlanner(bank, cfg, load_image)
-    n = cfg.num_samples or round(cfg.samples_per_image * len(bank.image_ids))
+    n = cfg.num_samples or round(cfg.samples_per_image * len(bank.anchor_ids))
     quotas = task_quotas(cfg.normalised_mix(), n)
     slots = [t for t, q in quotas.items() for _ in range(q)]
     rng.shuffle(slots)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,34 @@ class SamplePlan:
     scene: tuple[tuple[str, str, tuple[float, ...]], ...] = ()
     # The caption the instruction is woven from (``{"text", "source"}``: the source's name), or None.
     caption: dict | None = None
+
+
+def _tuples(v):
+    """Lists as tuples, all the way down (what a plan's fields hold before JSON made them lists)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def plan_to_json(plan: SamplePlan) -> str:
+    """A plan as one line of JSON: planning writes plans to files that shard workers read."""
+    return json.dumps(asdict(plan), separators=(",", ":"), sort_keys=True)
+
+
+def plan_from_json(text: str) -> SamplePlan:
+    """The plan :func:`plan_to_json` wrote, equal to the original (tuples again, not lists). Plain JSON
+    into known dataclasses: reading a plan file runs no code."""
+    d = json.loads(text)
+    refs = []
+    for r in d.pop("references"):
+        cands = tuple(
+            PlacedCandidate(**{k: v if k == "subject_id" else _tuples(v) for k, v in c.items()})
+            for c in r.pop("candidates")
+        )
+        refs.append(ReferencePlan(candidates=cands, **{k: _tuples(v) for k, v in r.items()}))
+    boxes = tuple(TargetBox(**{k: _tuples(v) for k, v in t.items()}) for t in d.pop("target_boxes"))
+    caption = d.pop("caption")
+    return SamplePlan(
+        references=tuple(refs),
+        target_boxes=boxes,
+        caption=caption,
+        **{k: _tuples(v) for k, v in d.items()},
+    )

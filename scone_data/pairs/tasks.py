@@ -76,7 +76,7 @@ class TaskPlanner:
         """Images that could anchor ``task`` (a fresh list, sorted; draws may still fail)."""
         need = self.cfg.min_references if "multi" in task else 1
         out = []
-        for image_id in self.bank.image_ids:
+        for image_id in self.bank.anchor_ids:
             subs = self.bank.by_image[image_id]
             if task.startswith("composition"):
                 ok = len(subs) >= need

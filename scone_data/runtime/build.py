@@ -19,16 +19,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION, __version__, schemas
-from scone_data.bank.store import (
-    Bank,
-    BankDamaged,
-    ImageLoader,
-    check_bank,
-    write_extra_rejects,
-)
+from scone_data.bank import partition
+from scone_data.bank.store import BankDamaged, ImageLoader, check_bank, read_part, write_extra_rejects
+from scone_data.bank.store import _parts as bank_parts
 from scone_data.models import registry
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
@@ -37,7 +33,7 @@ from scone_data.runtime.executor import Executor, open_executor
 from scone_data.runtime.progress import progress
 from scone_data.runtime.verify import CHUNK, ShardVerification
 from scone_data.runtime.verify import summary as verify_summary
-from scone_data.shards.files import write_bytes, write_parquet
+from scone_data.shards.files import atomic_open, write_bytes
 from scone_data.shards.ledger import Ledger
 from scone_data.shards.output import ManifestError, Output
 from scone_data.shards.writer import ShardWriter
@@ -157,15 +153,16 @@ def _max_pixels(cfg: dict[str, Any]) -> int:
 
 
 def render_shard(
-    out: str, name: str, plans: list, image_part: dict[str, str], pairs, provenance: dict, max_pixels: int,
-    verifier=None,
-) -> dict[str, Any]:  # fmt: skip
-    """Render ``plans`` into shard ``name`` (runs in a worker); returns the shard's stats.
-    ``verifier`` (a :class:`~scone_data.runtime.verify.ShardVerifier`, or None): judges each sample
-    before it is written (see :mod:`.verify`)."""
+    out: str, name: str, slices: list, pairs, provenance: dict, max_pixels: int, verifier=None
+) -> dict[str, Any]:
+    """Render the plans of ``slices`` (see :func:`~scone_data.bank.partition.read_plans`) into shard
+    ``name`` (runs in a worker); returns the shard's stats. ``verifier`` (a
+    :class:`~scone_data.runtime.verify.ShardVerifier`, or None): judges each sample before it is
+    written (see :mod:`.verify`)."""
     from scone_data.pairs import render_sample
     from scone_data.pairs.truth import check_sample
 
+    plans, image_part = partition.read_plans(slices)
     loader = ImageLoader(image_part, max_pixels)
     writer = ShardWriter(Output(out).shard_dir, name)
     failed: Counter = Counter()
@@ -205,67 +202,101 @@ def render_shard(
     return stats
 
 
-def shard_jobs(plans: list, samples_per_shard: int) -> list[tuple[str, list]]:
-    by_split: dict[str, list] = {}
-    for p in plans:
-        by_split.setdefault(p.split, []).append(p)
-    jobs = []
-    for split in sorted(by_split):
-        ps = by_split[split]
-        for i in range(0, len(ps), samples_per_shard):
-            jobs.append((Output.shard_name(split, i // samples_per_shard), ps[i : i + samples_per_shard]))
-    return jobs
+def plan_bank(
+    out: Path, pairs, ex: Executor, max_pixels: int, bank_root: Path
+) -> tuple[list[dict], Counter, dict, list]:
+    """Plan the bank of the build in ``bank_root`` into ``out`` by partition (see :mod:`scone_data.bank.partition`) on ``ex``:
+    ``(plans per split of each partition, plan rejects, bank figures, duplicate_image rejects)``. The
+    plans are in ``out/ledger/plan/``; the driver holds counts, never a per-subject list."""
+    partition.reset(out)
+    names, n_images = partition.count_images(bank_root)
+    n_parts = partition.partition_count(n_images, pairs.plan_partition_images)
+    step = partition.PARTS_PER_INDEX_TASK
+    chunks = [(c, names[i : i + step]) for c, i in enumerate(range(0, len(names), step))]
+    tasks = ((c, {"chunk": c, "parts": ps}) for c, ps in chunks)
+    shared = {"out": str(out), "bank_root": str(bank_root), "n_parts": n_parts, "cfg": pairs}
+    usable: Counter = Counter()
+    pool: list = []
+    val_seen: set[str] = set()
+    for _, got in ex.map_tasks(partition.index_chunk, tasks, shared):
+        usable.update({int(p): n for p, n in got["usable"].items()})
+        pool += got["pool"]
+        val_seen |= set(got["val_seen"])
+    missing = sorted(set(pairs.val_images) - val_seen)
+    if missing:
+        raise C.ConfigError(
+            [f"pairs.val_images: no image or group of this id in the bank: {', '.join(missing)}"]
+        )
+    if n_parts > 1:
+        partition.write_pool(out, partition.merge_pool(pool))
+    del pool
+    weights = [usable[p] for p in range(n_parts)]
+    shares = partition.apportion(pairs.num_samples, weights) if pairs.num_samples else [None] * n_parts
+    caps = partition.apportion(pairs.max_samples_per_label, weights) if n_parts > 1 else [None] * n_parts
+    tasks = (
+        (p, {"p": p, "num_samples": shares[p], "label_cap": pairs.max_samples_per_label if caps[p] is None
+             else max(1, caps[p]) if pairs.max_samples_per_label else 0})
+        for p in range(n_parts)
+    )  # fmt: skip
+    shared = {"out": str(out), "n_parts": n_parts, "cfg": pairs, "max_pixels": max_pixels}
+    results = dict(ex.map_tasks(partition.plan_partition, tasks, shared))
+    counts, rejects, figures, duplicates = [], Counter(), {}, []
+    for p in range(n_parts):
+        got = results[p]
+        counts.append(got["splits"])
+        rejects.update(got["rejects"])
+        duplicates += got["duplicates"]
+        for k, v in got["bank"].items():
+            if isinstance(v, dict):
+                figures.setdefault(k, Counter()).update(v)
+            else:
+                figures[k] = figures.get(k, 0) + v
+    log.info("planned %d samples in %d partition(s) of %d images", sum(sum(c.values()) for c in counts),
+             n_parts, n_images)  # fmt: skip
+    return counts, rejects, figures, duplicates
 
 
 def run_shard_phase(
     cfg: dict[str, Any],
-    bank: Bank,
     pairs,
     shards,
     rt: C.RuntimeSettings,
     provenance: dict,
     ex: Executor | None = None,
-) -> tuple[dict[str, dict], Counter]:
-    """The shard phase on ``ex`` (None: the executor ``rt`` names, for this call only)."""
-    from scone_data.pairs import plan_samples
-
+    bank_root: str | Path | None = None,
+) -> tuple[dict[str, dict], Counter, dict, list]:
+    """The shard phase on ``ex`` (None: the executor ``rt`` names, for this call only), from the bank
+    under ``bank_root`` (None: the output's own): ``(shard stats, plan rejects, bank figures,
+    duplicate_image rejects)``."""
     if ex is None:
         with open_executor(rt) as ex:
-            return run_shard_phase(cfg, bank, pairs, shards, rt, provenance, ex)
+            return run_shard_phase(cfg, pairs, shards, rt, provenance, ex, bank_root)
 
     out = Path(cfg["output"])
     ledger = Ledger(out, "shards", provenance["config_hash"])
     t0 = time.perf_counter()
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
     max_pixels = _max_pixels(cfg)
-    loader = ImageLoader(bank.image_part, max_pixels)
-    plans, plan_rejects = plan_samples(
-        bank.subjects, bank.images, pairs, load_image=loader, others=bank.rejected_subjects()
-    )
-    log.info(
-        "planned %d samples in %.1fs from %d subjects",
-        len(plans),
-        time.perf_counter() - t0,
-        len(bank.subjects),
-    )
-    jobs = shard_jobs(plans, shards.samples_per_shard)
+    bank_root = Path(bank_root) if bank_root is not None else out  # regen reads another build's bank
+    counts, plan_rejects, figures, duplicates = plan_bank(out, pairs, ex, max_pixels, bank_root)
+    log.info("planned in %.1fs", time.perf_counter() - t0)
+    jobs = partition.shard_slices(out, counts, shards.samples_per_shard, Output.shard_name)
     done = {name: ledger.done(name) for name, _ in jobs}
-    todo = [(n, ps) for n, ps in jobs if not done[n]]
+    todo = [(n, sl) for n, sl in jobs if not done[n]]
     bar = progress(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", enabled=rt.progress)
 
     # each task writes its own shard and returns its stats; the driver marks the ledger
-    shared = {"out": str(out), "image_part": bank.image_part, "pairs": pairs,
-              "provenance": provenance, "max_pixels": max_pixels}  # fmt: skip
+    shared = {"out": str(out), "pairs": pairs, "provenance": provenance, "max_pixels": max_pixels}
     resources = None
     if shards.verifier is not None:
         shared["verifier"] = shards.verifier
         resources = {"num_gpus": registry.gpu_request(shards.verifier.num_gpus)}
-    tasks = ((n, {"name": n, "plans": ps}) for n, ps in todo)
+    tasks = ((n, {"name": n, "slices": sl}) for n, sl in todo)
     for name, stats in ex.map_tasks(render_shard, tasks, shared, resources):
         done[name] = _finish_shard(ledger, name, stats)
         bar.update(1)
     bar.close()
-    return {n: done[n] for n, _ in jobs}, plan_rejects
+    return {n: done[n] for n, _ in jobs}, plan_rejects, figures, duplicates
 
 
 def _finish_shard(ledger: Ledger, name: str, stats: dict) -> dict:
@@ -277,22 +308,20 @@ def _finish_shard(ledger: Ledger, name: str, stats: dict) -> dict:
 def finalize(
     cfg: dict[str, Any],
     kind: str,
-    bank: Bank,
+    bank_root: str | Path,
+    figures: dict[str, Any],
+    duplicates: list[dict[str, Any]],
     shard_stats: dict[str, dict],
     plan_rejects: Counter,
     provenance: dict,
     verifier=None,
 ) -> dict[str, Any]:
-    """Rejects table, manifest and dataset card of a finished shard phase (``verifier``: the
-    :class:`~scone_data.runtime.verify.ShardVerifier` the shards ran, or None)."""
+    """Rejects table, manifest and dataset card of a finished shard phase. ``bank_root``: the build
+    whose bank was planned; ``figures`` and ``duplicates``: what :func:`plan_bank` returned;
+    ``verifier``: the :class:`~scone_data.runtime.verify.ShardVerifier` the shards ran, or None."""
     out = Output(cfg["output"])
-    rejects = bank.rejects()
-    write_parquet(
-        out.rejects,
-        schemas.to_table("reject", rejects)
-        if rejects
-        else pa.Table.from_pylist([], schema=schemas.arrow_schema("reject")),
-    )
+    partition.remove(out.root)  # the plans are rendered; a rerun from here plans afresh
+    reject_reasons = write_rejects(out.rejects, bank_root, duplicates)
     tasks: Counter = Counter()
     splits: Counter = Counter()
     pair_rejects = Counter(plan_rejects)
@@ -309,12 +338,12 @@ def finalize(
         "config": {**{k: v for k, v in cfg.items() if k != "runtime"}, "models": provenance["models"]},
         "config_hash": provenance["config_hash"],
         "seed": cfg["seed"],
-        "images": len(bank.images),
-        "subjects": len(bank.subjects),
+        "images": figures["images"],
+        "subjects": figures["subjects"],
         "samples": sum(tasks.values()),
         "tasks": dict(sorted(tasks.items())),
         "splits": dict(sorted(splits.items())),
-        "rejects": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "rejects": dict(sorted(reject_reasons.items())),
         "pair_rejects": dict(sorted(pair_rejects.items())),
         "shards": [
             {"name": n, "samples": s["samples"], "bytes": s["bytes"], "sha256": s["sha256"]}
@@ -328,16 +357,29 @@ def finalize(
     samples = out.iter_samples(want_images=False, manifest=manifest, upgrade=False)
     records = (rec for rec, _ in samples)
     reasons = Counter(manifest["rejects"]) + pair_rejects
-    bank_info = {
-        "mask_sources": Counter(str(s.get("mask_source", "annotation")) for s in bank.subjects),
-        "images": len(bank.images),
-        "captioned": sum(1 for r in bank.images.values() if r.get("caption")),
-        "licenses": Counter(str(r.get("license") or "not declared") for r in bank.images.values()),
-    }
+    bank_info = {k: figures[k] for k in ("mask_sources", "images", "captioned", "licenses")}
     write_bytes(out.card, dataset_card(records, reasons, bank_info, manifest.get("verify")).encode())
     # the manifest is written last: its presence means the whole output is complete
     out.write_manifest(manifest)
     return manifest
+
+
+def write_rejects(path: Path, bank_root: str | Path, duplicates: list[dict[str, Any]]) -> Counter:
+    """The merged rejects table at ``path``: every bank rejects part in order, one row group each, then
+    the ``duplicate_image`` rejects; streamed, never the whole table in memory. Returns its reasons."""
+    schema = schemas.arrow_schema("reject")
+    reasons: Counter = Counter()
+    with atomic_open(path, "wb") as f:
+        with pq.ParquetWriter(f, schema, compression="zstd", write_statistics=True, store_schema=True) as w:
+            for part in bank_parts(bank_root, "rejects"):
+                recs = read_part(part, "rejects")
+                if recs:
+                    w.write_table(schemas.to_table("reject", recs))
+                    reasons.update(r["reason"] for r in recs)
+            if duplicates:
+                w.write_table(schemas.to_table("reject", duplicates))
+                reasons.update(r["reason"] for r in duplicates)
+    return reasons
 
 
 def _provenance(cfg: dict[str, Any], models: list[dict], bank_hash: str, pairs, shards) -> dict:
@@ -374,10 +416,9 @@ def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] =
         bank_hash = C.settings_hash(__version__, sources, stages, {"unit_size": rt.unit_size})
         with open_executor(rt) as ex:
             run_bank_phase(cfg, sources, stages, rt, bank_hash, ex)
-            bank = Bank(out)
             prov = _provenance(cfg, models, bank_hash, pairs, shards)
-            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
-        return finalize(cfg, "build", bank, shard_stats, plan_rejects, prov, shards.verifier)
+            shard_stats, plan_rejects, figures, dups = run_shard_phase(cfg, pairs, shards, rt, prov, ex)
+        return finalize(cfg, "build", out, figures, dups, shard_stats, plan_rejects, prov, shards.verifier)
 
 
 def regen(
@@ -418,12 +459,12 @@ def regen(
     check(problems)  # every setting is checked before the output is touched
     if output.resolve() == bank_dir.resolve():
         raise C.ConfigError(["output: regen writes to a new directory, not into the build it reads"])
-    bank, damaged = check_bank(bank_dir, src_manifest)  # shards from a damaged bank would lose data
+    _, damaged = check_bank(bank_dir, src_manifest)  # shards from a damaged bank would lose data
     if damaged:
         raise BankDamaged(damaged)
     with outdir.claim(output, "regen", overwrite=overwrite, reads=[bank_dir]):
         prov = _provenance(cfg, models, src_hash, pairs, shards)
         with open_executor(rt) as ex:
-            shard_stats, plan_rejects = run_shard_phase(cfg, bank, pairs, shards, rt, prov, ex)
+            stats, plan_rejects, figures, dups = run_shard_phase(cfg, pairs, shards, rt, prov, ex, bank_dir)
         cfg["bank"] = str(bank_dir)
-        return finalize(cfg, "regen", bank, shard_stats, plan_rejects, prov, shards.verifier)
+        return finalize(cfg, "regen", bank_dir, figures, dups, stats, plan_rejects, prov, shards.verifier)

@@ -324,7 +324,9 @@ class RayExecutor(Executor):
         if not tasks:
             return
         asks = {k: v for k, v in (resources or {}).items() if v}
-        remote = ray.remote(num_cpus=1, **asks)(fn)  # the worker's title is ray::<fn's name>
+        # SPREAD: short tasks (a demo's two shards) would otherwise reuse the first node's worker
+        # lease one after the other; spread, they share a cluster's nodes from the first task on
+        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", **asks)(fn)  # title: ray::<fn name>
         # each shared value goes to the object store once, shared by every task
         refs = {k: ray.put(v) for k, v in (shared or {}).items()}
         futures = {remote.remote(**kw, **refs): key for key, kw in tasks}
