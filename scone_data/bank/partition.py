@@ -171,15 +171,28 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
     }
 
 
-def merge_pool(found: list[tuple]) -> list[dict[str, Any]]:
-    """The chunks' pool candidates cut to :data:`POOL_IMAGES` per (split, label); one entry per image."""
-    best: dict[tuple[str, str], list] = defaultdict(list)
-    for split, label, h, iid, e in found:
-        best[(split, label)].append((h, iid, e))
+def merge_pool(best: list[tuple], found: list[tuple]) -> list[tuple]:
+    """``best`` and an index task's pool candidates ``found`` (``(split, label, hash, image_id,
+    entry)``), cut to the :data:`POOL_IMAGES` smallest hashes per (split, label), each image once per
+    key. The driver folds every task's answer in as it arrives, so it never holds more than that."""
+    by_key: dict[tuple[str, str], list] = defaultdict(list)
+    for t in best + found:
+        by_key[(t[0], t[1])].append(t)
+    out = []
+    for key in sorted(by_key):
+        seen: set[str] = set()
+        for t in sorted(by_key[key], key=lambda t: (t[2], t[3])):
+            if t[3] not in seen and len(seen) < POOL_IMAGES:
+                seen.add(t[3])
+                out.append(t)
+    return out
+
+
+def pool_entries(best: list[tuple]) -> list[dict[str, Any]]:
+    """The merged pool as one entry per image (image record, part, partition, rows), by image id."""
     keep: dict[str, dict] = {}
-    for key in sorted(best):
-        for _, iid, e in sorted(best[key], key=lambda t: t[:2])[:POOL_IMAGES]:
-            keep.setdefault(iid, e)
+    for t in best:
+        keep.setdefault(t[3], t[4])
     return [keep[i] for i in sorted(keep)]
 
 

@@ -220,7 +220,7 @@ def plan_bank(
     val_seen: set[str] = set()
     for _, got in ex.map_tasks(partition.index_chunk, tasks, shared):
         usable.update({int(p): n for p, n in got["usable"].items()})
-        pool += got["pool"]
+        pool = partition.merge_pool(pool, got["pool"])
         val_seen |= set(got["val_seen"])
     missing = sorted(set(pairs.val_images) - val_seen)
     if missing:
@@ -228,7 +228,7 @@ def plan_bank(
             [f"pairs.val_images: no image or group of this id in the bank: {', '.join(missing)}"]
         )
     if n_parts > 1:
-        partition.write_pool(out, partition.merge_pool(pool))
+        partition.write_pool(out, partition.pool_entries(pool))
     del pool
     weights = [usable[p] for p in range(n_parts)]
     shares = partition.apportion(pairs.num_samples, weights) if pairs.num_samples else [None] * n_parts

@@ -146,3 +146,16 @@ def test_the_driver_receives_counts_and_a_bounded_pool(bank_dir, tmp_path):
     got = partition.index_chunk(str(out), str(bank_dir), 0, ["part-00000.parquet"], 3, cfg)
     assert set(got) == {"usable", "pool", "val_seen"}
     assert all(isinstance(v, int) for v in got["usable"].values())
+
+
+def test_the_pool_keeps_the_smallest_hashes_per_key_as_answers_arrive():
+    k = partition.POOL_IMAGES
+    a = [("train", "cup", h, f"i{h}", {"image_id": f"i{h}"}) for h in range(0, 4 * k, 2)]
+    b = [("train", "cup", h, f"i{h}", {"image_id": f"i{h}"}) for h in range(1, 4 * k, 2)]
+    b += [("val", "dog", 7, "i7", {"image_id": "i7"}), ("train", "cup", 0, "i0", {"image_id": "i0"})]
+    best = partition.merge_pool(partition.merge_pool([], a), b)
+    cups = [t[2] for t in best if t[:2] == ("train", "cup")]
+    assert cups == list(range(k))  # the k smallest of both answers, the repeated image once
+    assert [t[3] for t in best if t[:2] == ("val", "dog")] == ["i7"]
+    entries = partition.pool_entries(best)
+    assert len(entries) == k and len({e["image_id"] for e in entries}) == k  # i7 is among the cups
