@@ -72,8 +72,12 @@ def unit_tables(batch: Batch) -> dict[str, pa.Table]:
             "group_id": batch.get("group_id", [None] * n)[i],
             "source": batch["source"][i],
             "license": batch.get("license", [None] * n)[i],
+            "subject_tags": batch.get("subject_tags", [None] * n)[i],
+            "caption_provenance": batch.get("caption_provenance", [None] * n)[i],
         }
         schemas.validate("source_image", rec)
+        prov = rec["caption_provenance"]  # a free-form object: a JSON string in the table
+        rec["caption_provenance"] = None if prov is None else json.dumps(prov, sort_keys=True)
         images.append({**rec, "image_bytes": batch["image_bytes"][i]})
         subjects.extend(batch["subjects"][i])
     return {
@@ -140,10 +144,12 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
     name = f"bank/{kind}/{part.name}"
     try:
         if kind == "images":
-            cols = [f.name for f in schemas.arrow_schema("source_image")]
-            if "image_bytes" not in pq.read_schema(part).names:
+            have = pq.read_schema(part).names
+            if "image_bytes" not in have:
                 raise BankDamaged([f"{name}: no image_bytes column"])
-            return pq.read_table(part, columns=cols).to_pylist()
+            # the record's columns the part has: optional ones added later (subject_tags) may be absent
+            cols = [f.name for f in schemas.arrow_schema("source_image") if f.name in have]
+            return schemas.from_table("source_image", pq.read_table(part, columns=cols))
         table = pq.read_table(part)
         # only the required columns: optional ones added later (a reject's label and box) may be absent
         # from parts written before them

@@ -1,7 +1,8 @@
 """Detect stage: Grounding DINO boxes for every row, appended to ``subjects``.
 
 Prompt vocabulary: ``labels`` when given (one list for every image), else the labels that
-:class:`~scone_data.models.vocab.PhraseMatcher` finds in the row's caption (COCO by default). Prompts
+:class:`~scone_data.models.vocab.PhraseMatcher` finds in the row's caption (COCO by default) and the
+row's ``subject_tags`` from a ``vlm_caption`` step (``use_tags``). Prompts
 longer than Grounding DINO's 256 tokens are split into chunks that share the image's backbone
 features; the chunks' detections are merged by per-label NMS and then class-agnostic duplicate
 suppression. A row with nothing to look for, or nothing found, keeps ``subjects`` as it was.
@@ -70,6 +71,9 @@ class GroundingDinoDetector(ModelStage):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_gpus: str | float = "auto"  # GPUs per Ray worker; auto: a share of each GPU (executor.gpu_requests)
     skip_annotated: bool = True  # rows whose subjects came with annotations are not detected
+    # with labels None: also look for the row's subject_tags (what a vlm_caption step named), each as
+    # its vocabulary label when the vocabulary knows it ("puppy" -> dog), else as the tag itself
+    use_tags: bool = True
     verify_sha256: bool = True
     seed: int = 0  # initialises the tiny preset
 
@@ -153,12 +157,9 @@ class GroundingDinoDetector(ModelStage):
                 continue
             if self.skip_annotated and any(s.get("det_source") == "annotation" for s in subjects[i]):
                 continue
-            labels = (
-                self.labels
-                if self.labels is not None
-                else self._matcher.match(batch.get("caption", [None] * n)[i])
+            labels = self.row_labels(
+                batch.get("caption", [None] * n)[i], batch.get("subject_tags", [None] * n)[i]
             )
-            labels = [x.strip().lower() for x in labels]
             if labels:
                 todo.append((i, self._prompts(labels)))
         chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
@@ -174,6 +175,17 @@ class GroundingDinoDetector(ModelStage):
                 subjects[i].extend(self._detections(ps, outs, w, h))
         batch["subjects"] = subjects
         return batch
+
+    def row_labels(self, caption: str | None, tags: list[str] | None) -> list[str]:
+        """The labels to look for in one row: ``labels`` when set, else the vocabulary's labels in the
+        caption, then (``use_tags``) the row's subject tags; lowercase, each once, in that order."""
+        if self.labels is not None:
+            found = list(self.labels)
+        else:
+            found = list(self._matcher.match(caption))
+            for tag in (tags or []) if self.use_tags else []:
+                found += self._matcher.match(tag) or [tag]
+        return list(dict.fromkeys(x.strip().lower() for x in found if x and x.strip()))
 
     def _resize(self, images: list, chunk: list[tuple[int, _PromptSet]]) -> list:
         """The host half of image preparation (runs in the prep thread); pinned when feeding a GPU."""

@@ -109,3 +109,22 @@ def test_picklable_resources_and_model_info(stage):
     assert again.resources()["num_gpus"] == (1.0 if torch.cuda.is_available() else 0.0)
     assert GroundingDinoDetector(num_gpus=0.5).resources()["num_gpus"] == 0.5
     assert stage.model_info() == {"name": "groundingdino_tiny", "weights_sha256": None}
+
+
+def test_the_detector_looks_for_the_rows_vlm_tags():
+    """Without fixed labels the prompts hold the caption's vocabulary labels, then the row's subject
+    tags (a vlm_caption step's): a tag the vocabulary knows as its label, another as itself."""
+    det = GroundingDinoDetector(**SMALL)
+    det.setup()
+    assert det.row_labels("a dog on the grass", None) == ["dog"]
+    got = det.row_labels("a dog on the grass", ["dogs", "lamp shade", "Dog"])
+    assert got == ["dog", "lamp shade"]
+    off = GroundingDinoDetector(**SMALL, use_tags=False)
+    off.setup()
+    assert off.row_labels("a dog", ["lamp shade"]) == ["dog"]
+    fixed = GroundingDinoDetector(labels=["cat"], **SMALL)
+    fixed.setup()
+    assert fixed.row_labels("a dog", ["lamp shade"]) == ["cat"]
+    # through the stage: the prompt built for the row names the tag
+    det(_batch([_img(5)], ["a photo"], None) | {"subject_tags": [["lamp shade"]]})
+    assert ("lamp shade",) in det._prompt_cache

@@ -279,3 +279,26 @@ def test_a_mask_carrying_unresolved_smaller_subjects_is_rejected():
     assert covers["label"] == "bus" and float(covers["detail"].split()[0]) > 0.15
     kept, dropped = _filter([_subject("bus", bus)])  # alone, the same bus is a subject
     assert len(kept) == 1 and dropped == []
+
+
+def test_the_bank_keeps_a_vlm_steps_tags_and_caption_provenance(tmp_path):
+    """``subject_tags`` and ``caption_provenance`` (a vlm_caption step's) are stored with the image and
+    read back as written; an images part written before they existed still reads (both None)."""
+    import pyarrow.parquet as pq
+
+    from scone_data.bank.store import Bank, write_unit
+    from scone_data.imageio import encode_png
+
+    img = np.full((H, W, 3), 200, np.uint8)
+    batch = _row(img, [_subject("ball", _disc(50, 60, 25))])
+    prov = {"model": "vlm_tiny", "prompt": {"name": "vlm_caption", "version": "v1"}, "raw": "Caption: a ball"}
+    batch.update(uri=["mem://img1"], pos=[0], width=[W], height=[H], source=["test"],
+                 image_bytes=[encode_png(img)], caption=["a ball"], subject_tags=[["ball", "floor"]],
+                 caption_provenance=[prov])  # fmt: skip
+    write_unit(tmp_path, 0, SubjectFilter()(batch))
+    rec = Bank(tmp_path).images["img1"]
+    assert rec["subject_tags"] == ["ball", "floor"] and rec["caption_provenance"] == prov
+    part = tmp_path / "bank/images/part-00000.parquet"
+    pq.write_table(pq.read_table(part).drop_columns(["subject_tags", "caption_provenance"]), part)
+    rec = Bank(tmp_path).images["img1"]
+    assert rec["caption"] == "a ball" and rec.get("subject_tags") is None

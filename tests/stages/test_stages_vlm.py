@@ -268,6 +268,13 @@ def test_build_captions_the_bank_the_same_in_process_and_under_ray(tmp_path):
         banks[ex] = {k: v for k, v in reader_files(tmp_path / ex).items() if k.startswith("bank")}
     images = pq.read_table(tmp_path / "local/bank/images", columns=["uri", "caption"]).to_pylist()
     assert len(images) == 4 and all(isinstance(r["caption"], str) and r["caption"] for r in images)
+    # each caption's provenance is kept with its image (the model, the prompt's version, the answer)
+    from scone_data.bank.store import Bank
+
+    for rec in Bank(tmp_path / "local").images.values():
+        prov = rec["caption_provenance"]
+        assert prov["model"] == "vlm_tiny" and prov["prompt_version"] == "v1" and prov["raw"]
+        assert rec["subject_tags"] is None or all(isinstance(t, str) for t in rec["subject_tags"])
     assert {"name": "vlm_tiny", "weights_sha256": None} in manifest["config"]["models"]
     assert banks["ray"] == banks["local"] and banks["ray"]
     # the verifier judges the samples this build rendered, as they are stored
