@@ -11,9 +11,10 @@ planning memory and time as the bank grows.
 (b) Planning. A synthetic bank (3 subjects per image, 40 labels, parts of 16 images, one tiny JPEG
     per image) of 1k, 10k and 100k subjects is written to disk by one process; another, fresh process
     plans it as a build does (``runtime.build.plan_bank``: by partition, on the in-process executor,
-    so the peak RSS holds the driver and each task in turn): planning time and peak RSS. For
+    so the peak RSS holds the driver and each task in turn), then again on an embedded Ray instance
+    (the driver's own RSS: what it holds while workers plan): planning time and peak RSS. For
     comparison, the whole-bank planner (``plan_samples`` on every subject in one list, what builds
-    did before) in a third process.
+    did before; its time leaves out reading the bank, which the others include) in a third process.
 
 Prints tables; ``--out`` writes JSON; ``--smoke`` is a tiny size for tests.
 
@@ -191,22 +192,27 @@ def write_bank(n_subjects: int, root: Path) -> None:
         write_parquet(root / "bank/subjects" / name, schemas.to_table("subject", subs, check=False))
 
 
-def plan_partitioned(root: Path, partition_images: int) -> dict:
-    """In this process: plan the bank under ``root`` as a build does (by partition, in-process)."""
+def plan_partitioned(root: Path, partition_images: int, executor: str = "local") -> dict:
+    """In this process: plan the bank under ``root`` as a build does (by partition) on ``executor``:
+    ``local`` runs every task in this process, ``ray`` in an embedded Ray instance's workers (2 CPUs),
+    so that this process's peak RSS is the driver's alone (Ray's start-up is not timed)."""
     from scone_data.bank import partition
     from scone_data.runtime.build import plan_bank
-    from scone_data.runtime.executor import LocalExecutor
+    from scone_data.runtime.config import RuntimeSettings
+    from scone_data.runtime.executor import open_executor
 
-    base = _peak_rss_mb()
-    t0 = time.perf_counter()
-    out = root / "out"
-    out.mkdir(exist_ok=True)
-    counts, _, figures, _ = plan_bank(
-        out, PairConfig(**PLAN_CFG, plan_partition_images=partition_images), LocalExecutor(), 10**8, root
-    )
-    dt = time.perf_counter() - t0
+    rt = RuntimeSettings(executor=executor, num_cpus=2, progress=False)
+    with open_executor(rt) as ex:
+        base = _peak_rss_mb()
+        t0 = time.perf_counter()
+        out = root / "out"
+        partition.reset(out)
+        out.mkdir(exist_ok=True)
+        cfg = PairConfig(**PLAN_CFG, plan_partition_images=partition_images)
+        counts, _, figures, _ = plan_bank(out, cfg, ex, 10**8, root)
+        dt = time.perf_counter() - t0
     return {"subjects": figures["subjects"], "samples": sum(sum(c.values()) for c in counts),
-            "partitions": len(counts), "plan_s": dt, "peak_rss_mb": _peak_rss_mb(),
+            "executor": executor, "partitions": len(counts), "plan_s": dt, "peak_rss_mb": _peak_rss_mb(),
             "rss_before_plan_mb": base, "plan_mb_on_disk": sum(
                 f.stat().st_size for f in (out / partition.PLAN_DIR).rglob("*") if f.is_file()) / 1e6}  # fmt: skip
 
@@ -225,7 +231,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out")
     ap.add_argument("--plan-one", type=int, help=argparse.SUPPRESS)  # the child processes of (b)
     ap.add_argument("--write-bank", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--plan-partitioned", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--plan-partitioned", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.plan_one:
         print(json.dumps(plan_one(a.plan_one)))
@@ -235,7 +241,8 @@ def main(argv=None) -> None:
         print("{}")
         return
     if a.plan_partitioned:
-        print(json.dumps(plan_partitioned(Path(a.plan_partitioned[0]), int(a.plan_partitioned[1]))))
+        root, per, executor = a.plan_partitioned
+        print(json.dumps(plan_partitioned(Path(root), int(per), executor)))
         return
     cv2.setNumThreads(1)
     size = SMOKE if a.smoke else FULL
@@ -246,26 +253,41 @@ def main(argv=None) -> None:
     for r in reads:
         print(f"{r['layout']:>26}  {r['samples']:7d}  {r['read_mb_per_sample']:14.3f}  "
               f"{r['used_mb_per_sample']:14.3f}  {r['ratio']:9.2f}  {r['render_s']:8.2f}")  # fmt: skip
-    plans, whole = [], []
+    plans, drivers, whole = [], [], []
     for n in size["plan_sizes"]:
         with tempfile.TemporaryDirectory() as tmp:
             _child("--write-bank", str(n), tmp)
-            plans.append(_child("--plan-partitioned", tmp, str(size["partition_images"])))
+            plans.append(_child("--plan-partitioned", tmp, str(size["partition_images"]), "local"))
+            drivers.append(_child("--plan-partitioned", tmp, str(size["partition_images"]), "ray"))
         whole.append(_child("--plan-one", str(n)))
-    print("\n(b) planning, 3 subjects per image, ~1 sample per image")
-    print(f"{'subjects':>9}  {'planner':>32}  partitions  samples  plan s  peak RSS MB  RSS before MB")
-    for r, w in zip(plans, whole):
-        for name, x in (("by partition (build's plan_bank)", r), ("whole bank (plan_samples)", w)):
-            print(f"{x['subjects']:9d}  {name:>32}  {x.get('partitions', 1):10d}  {x['samples']:7d}  "
+    print("\n(b) planning, 3 subjects per image, ~1 sample per image; peak RSS of the planning process")
+    print(f"{'subjects':>9}  {'planner':>44}  partitions  samples  plan s  peak RSS MB  RSS before MB")
+    names = ("by partition, tasks in this process", "by partition, Ray workers (driver's RSS)",
+             "whole bank in memory (plan_samples)")  # fmt: skip
+    for rows in zip(plans, drivers, whole):
+        for name, x in zip(names, rows):
+            print(f"{x['subjects']:9d}  {name:>44}  {x.get('partitions', 1):10d}  {x['samples']:7d}  "
                   f"{x['plan_s']:6.2f}  {x['peak_rss_mb']:11.0f}  {x['rss_before_plan_mb']:13.0f}")  # fmt: skip
-    base = plans[0]
-    for r in plans[1:]:
-        print(f"{r['subjects']} vs {base['subjects']} subjects: peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}, "
-              f"plan time per subject x{(r['plan_s'] / r['subjects']) / (base['plan_s'] / base['subjects']):.2f}")  # fmt: skip
+    for name, rows in zip(names, (plans, drivers, whole)):
+        lo, hi = rows[0], rows[-1]
+        mid = rows[len(rows) // 2]
+        per = [(b["plan_s"] - a_["plan_s"]) / (b["subjects"] - a_["subjects"]) * 1e3
+               for a_, b in zip(rows, rows[1:])]  # fmt: skip
+        print(f"{name}: peak RSS {hi['subjects']} vs {lo['subjects']} subjects x{hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}"
+              f" (vs {mid['subjects']}: x{hi['peak_rss_mb'] / mid['peak_rss_mb']:.2f}); marginal plan time per 1k "
+              f"subjects between sizes: {', '.join(f'{x:.2f} s' for x in per)}")  # fmt: skip
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(
-            json.dumps({"bank_reads": reads, "planning": plans, "planning_whole_bank": whole}, indent=1)
+            json.dumps(
+                {
+                    "bank_reads": reads,
+                    "planning": plans,
+                    "planning_ray_driver": drivers,
+                    "planning_whole_bank": whole,
+                },
+                indent=1,
+            )
             + "\n"
         )
 

@@ -55,7 +55,7 @@ from scone_data.shards.files import write_bytes, write_parquet
 # removed before the manifest is written (a finished output holds none)
 PLAN_DIR = "ledger/plan"
 PARTS_PER_INDEX_TASK = 64  # bank parts per index task (64 x 16 images at the default unit size)
-POOL_IMAGES = 48  # distractor pool: images per (split, label) lent to every partition
+POOL_IMAGES = 16  # distractor pool: images per (split, label) lent to every partition
 PLAN_ROWS_PER_GROUP = 32  # plans per row group of a plan file: what a shard worker reads at least
 ROUTE_SALT = "scone-data/plan/partition/v1"
 ROWS_SCHEMA = pa.schema([("part", pa.string()), ("kind", pa.string()), ("json", pa.string())])
