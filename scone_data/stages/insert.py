@@ -2,8 +2,9 @@
 (after subjects).
 
 ``insert`` (:class:`InsertDistractors`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok
-row that names a label (the first vocabulary label of its caption, as the detector reads captions,
-else its first ``subject_tags`` entry), the edit model is asked "add another {label} to the
+row that names a label (:meth:`InsertDistractors.label_of`: a caption label its annotations have,
+else the caption's first vocabulary label, as the detector reads captions, else its first
+``subject_tags`` entry), the edit model is asked "add another {label} to the
 {left|right} of the {label}" with a seed of its own; side and seed are drawn from the row's
 ``image_id`` and the step's ``seed``, so they are the same whatever the executor. The edited image
 becomes a **new row** after the unit's rows: a generated group mate of the photo (``image_id``
