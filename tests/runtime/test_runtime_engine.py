@@ -84,7 +84,7 @@ def test_regen_runs_no_edit_model(local, tmp_path, monkeypatch):
 
 
 def test_a_reference_can_come_from_the_generated_mate(tmp_path, repo_root):
-    """The planner's group references: with insert_check off (the tiny detector's noise fails it) and no
+    """The planner's group references: targets are real photos only; with insert_check off (the tiny detector's noise fails it) and no
     colour-similarity floor (tiny masks are noise), a sample's target is a real photo and its reference
     shows the matching subject of that photo's edited copy."""
     extra = ["insert_check=null", "shards.verify=null", "pairs.group_min_similarity=0"]
@@ -92,6 +92,7 @@ def test_a_reference_can_come_from_the_generated_mate(tmp_path, repo_root):
     hits = []
     for rec, _ in Output(tmp_path).iter_samples(want_images=False):
         target = rec["target"]["image_id"]
+        assert not target.endswith("-ins")  # a generated image is never a target
         for ref in rec["references"]:
             for c in ref["candidates"]:
                 if c["intended"] and c["subject_id"].startswith(f"{target}-ins-"):
