@@ -76,8 +76,6 @@ class Stage:
         "num_gpus",
         "compile",
         "verify_sha256",
-        # torch threads on a CPU: fp32 sums follow the count (last-bit differences), nothing else
-        "cpu_threads",
     )
 
     def __post_init__(self) -> None:
