@@ -131,7 +131,10 @@ class InsertDistractors(ImageEdit):
         n = len(batch["status"])
         caption = batch.get("caption", [None] * n)
         tags = batch.get("subject_tags", [None] * n)
-        batch.setdefault("group_id", [None] * n)
+        # every batch gets the columns, edited or not: on Ray each unit is a block, and blocks of one
+        # dataset are best kept to one set of columns
+        for col in ("group_id", "generation", ADDED_BY):
+            batch.setdefault(col, [None] * n)
         todo = []  # (row, label, side, seed, photo)
         for i in range(n):
             if batch.get(ADDED_BY, [None] * n)[i] is not None or not is_rgb_uint8(batch["image"][i]):
