@@ -67,7 +67,11 @@ class BankIndex:
             self.by_image[b.image_id].append(b)
             self.by_label[b.split][b.label].append(b)
         self.image_ids = sorted(self.by_image)
-        self.anchor_ids = self.image_ids if anchors is None else [i for i in self.image_ids if i in anchors]
+        # a generated image (an insert step's edit, ``generation`` set) never anchors a sample: targets
+        # are real photos; it serves as a group mate's reference and as a distractor source
+        self.anchor_ids = [
+            i for i in self.image_ids if (anchors is None or i in anchors) and not images[i].get("generation")
+        ]
         # Group sources: an image without a group_id is a group of its own. Frames of one video show
         # the same objects, so "elsewhere" (distractor look-alikes) means outside the whole group.
         self.group_of = {i: str(images[i].get("group_id") or f"image:{i}") for i in self.image_ids}

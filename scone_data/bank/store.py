@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from scone_data import SCHEMA_VERSION, schemas
 from scone_data.runtime.config import ConfigError
 from scone_data.shards.files import write_parquet
-from scone_data.stages.base import OK, Batch
+from scone_data.stages.base import ADDED_BY, OK, Batch
 
 UNIT_FMT = "part-{:05d}"
 
@@ -43,7 +43,9 @@ def _split_reason(reason: str) -> tuple[str, str]:
 def unit_tables(batch: Batch) -> dict[str, pa.Table]:
     """Split a processed unit batch into its three bank tables."""
     n = len(batch["status"])
-    order = sorted(range(n), key=lambda i: batch["pos"][i])
+    # a unit's input order; a row a step added (a generated image) right after the row it came from
+    added = batch.get(ADDED_BY, [None] * n)
+    order = sorted(range(n), key=lambda i: (batch["pos"][i], added[i] is not None))
     images, subjects, rejects = [], [], []
     for i in order:
         uri, image_id = batch["uri"][i], batch.get("image_id", [None] * n)[i]
@@ -74,10 +76,11 @@ def unit_tables(batch: Batch) -> dict[str, pa.Table]:
             "license": batch.get("license", [None] * n)[i],
             "subject_tags": batch.get("subject_tags", [None] * n)[i],
             "caption_provenance": batch.get("caption_provenance", [None] * n)[i],
+            "generation": batch.get("generation", [None] * n)[i],
         }
         schemas.validate("source_image", rec)
-        prov = rec["caption_provenance"]  # a free-form object: a JSON string in the table
-        rec["caption_provenance"] = None if prov is None else json.dumps(prov, sort_keys=True)
+        for k in ("caption_provenance", "generation"):  # free-form objects: JSON strings in the table
+            rec[k] = None if rec[k] is None else json.dumps(rec[k], sort_keys=True)
         images.append({**rec, "image_bytes": batch["image_bytes"][i]})
         subjects.extend(batch["subjects"][i])
     return {

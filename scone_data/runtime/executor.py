@@ -41,7 +41,7 @@ import numpy as np
 from scone_data.bank.store import KINDS, UNIT_FMT, write_unit
 from scone_data.runtime import transport
 from scone_data.sources import Source
-from scone_data.stages.base import Batch, Stage
+from scone_data.stages.base import ADDED_BY, Batch, Stage
 
 log = logging.getLogger(__name__)
 Unit = tuple[int, list[tuple[int, str]]]  # (unit id, [(source index, ref), ...])
@@ -205,14 +205,17 @@ class LocalExecutor(Executor):
 
 def _units_of(batch: Batch) -> Iterator[tuple[int, Batch]]:
     """The units of a batch (rows in their batch order), each checked complete against its reader's
-    row count: a unit written from part of its rows would be recorded as done with rows missing."""
+    row count: a unit written from part of its rows would be recorded as done with rows missing.
+    Rows a step appended (``added_by``: generated images) travel with their unit and are not counted."""
     by_unit: dict[int, list[int]] = {}
     for j, u in enumerate(batch["unit"]):
         by_unit.setdefault(int(u), []).append(j)
+    added = batch.get(ADDED_BY) or [None] * len(batch["unit"])
     for u, rows in by_unit.items():
         want = int(batch[UNIT_ROWS][rows[0]])
-        if len(rows) != want:
-            raise RuntimeError(f"unit {u}: {len(rows)} of its {want} rows reached its writer together")
+        have = sum(added[j] is None for j in rows)
+        if have != want:
+            raise RuntimeError(f"unit {u}: {have} of its {want} rows reached its writer together")
         yield u, {k: [v[j] for j in rows] for k, v in batch.items()}
 
 

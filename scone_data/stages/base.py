@@ -4,7 +4,10 @@ A batch is a dict of equal-length columns (``dict[str, list]``); one row is one 
 Every row carries ``status`` (``"ok"`` or ``"rejected"``), ``reason`` (``""`` when ok) and
 ``rejected_by`` (the name of the stage that rejected it, ``"source"`` for rows a reader rejected). A
 subclass overrides :meth:`process`, which sees only the rows still ok and returns the same number
-of rows; it rejects a row by setting its ``status``/``reason`` (or by calling :func:`reject`).
+of rows; it rejects a row by setting its ``status``/``reason`` (or by calling :func:`reject`). A
+step that makes new images (``adds_rows = True``: the insertion step's edited photos) may return
+more rows: the new ones come after the rows it was given, with ``added_by`` set to its name (the
+executor counts a unit's rows from its reader without them).
 Rejected rows pass through later stages untouched, so nothing is ever silently dropped.
 
 Counting, timing, lazy ``setup()`` and the ok/rejected split live here, not in subclasses.
@@ -29,6 +32,7 @@ OK = "ok"
 REJECTED = "rejected"
 
 Batch = dict[str, list[Any]]
+ADDED_BY = "added_by"  # the step that appended a row (adds_rows), None for the reader's rows
 
 # how a column's values travel between Ray workers (runtime/transport.py): "array" (HxW or HxWxC
 # uint8 arrays, or None), "json" (nested lists and dicts), "value" (scalars, strings, bytes as they are)
@@ -64,6 +68,7 @@ class Stage:
     type: ClassVar[str] = ""  # the name a pipeline's steps use ({type: decode, ...}); see register_stage
     needs: ClassVar[tuple[str, ...]] = ()  # columns it reads, added by a source or an earlier step
     adds: ClassVar[dict[str, str]] = {}  # columns it adds or rewrites -> codec (one of CODECS)
+    adds_rows: ClassVar[bool] = False  # True: process may append new rows (see the module docstring)
     # settings that change how a stage runs but never what it outputs (left out of resume hashes)
     execution_fields: ClassVar[tuple[str, ...]] = (
         "batch_size",
@@ -108,6 +113,7 @@ class Stage:
         batch.setdefault("reason", [""] * n)
         batch.setdefault("rejected_by", ["" if s == OK else "source" for s in batch["status"]])
         ok_idx = [i for i in range(n) if batch["status"][i] == OK]
+        new: list[int] = []  # rows this stage appended
         if ok_idx:
             if len(ok_idx) == n:
                 out = self.process(batch)
@@ -115,14 +121,20 @@ class Stage:
                 sub = {k: [v[i] for i in ok_idx] for k, v in batch.items()}
                 sub_out = self.process(sub)
                 out = _scatter(batch, sub_out, ok_idx)
-            if batch_len(out) != n:
-                raise RuntimeError(f"stage {self.name} changed the row count ({n} -> {batch_len(out)})")
+            m = batch_len(out)
+            if m != n and not (self.adds_rows and m > n):
+                raise RuntimeError(f"stage {self.name} changed the row count ({n} -> {m})")
+            new = list(range(n, m))
+            if new:
+                added = out.setdefault(ADDED_BY, [None] * m)
+                for i in new:
+                    added[i] = self.name
         else:
             out = batch
         dt = time.perf_counter() - t0
         self.stats.rows_in += n
         self.stats.seconds += dt
-        for i in ok_idx:
+        for i in ok_idx + new:
             if out["status"][i] == OK:
                 self.stats.rows_ok += 1
             else:
@@ -173,13 +185,15 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def _scatter(full: Batch, sub: Batch, idx: list[int]) -> Batch:
-    """Write the processed ok-rows back into the full batch; new columns get ``None`` elsewhere."""
-    n = batch_len(full)
+    """Write the processed ok-rows back into the full batch; new columns get ``None`` elsewhere. Rows
+    ``sub`` has past ``len(idx)`` (appended by an ``adds_rows`` step) go after the full batch's."""
+    n, extra = batch_len(full), range(len(idx), batch_len(sub))
     out: Batch = {}
     for k in set(full) | set(sub):
         col = list(full[k]) if k in full else [None] * n
         if k in sub:
             for j, i in enumerate(idx):
                 col[i] = sub[k][j]
+        col += [sub[k][j] if k in sub else None for j in extra]
         out[k] = col
     return out

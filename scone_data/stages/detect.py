@@ -76,6 +76,10 @@ class GroundingDinoDetector(ModelStage):
     use_tags: bool = True
     verify_sha256: bool = True
     seed: int = 0  # initialises the tiny preset
+    # torch threads on a CPU (null: torch's default); 1 gives in-process runs a Ray actor's bytes. Added
+    # after outputs were first hashed and only ordering fp32 sums: left out of the hash (old ones hold)
+    cpu_threads: int | None = None
+    execution_fields: ClassVar[tuple[str, ...]] = (*ModelStage.execution_fields, "cpu_threads")
 
     def validate(self) -> list[str]:
         from scone_data.models.grounding_dino import GDINO_MODELS
@@ -147,6 +151,10 @@ class GroundingDinoDetector(ModelStage):
         return self._prompt_cache[key]
 
     def process(self, batch: Batch) -> Batch:
+        with self.threads():
+            return self._process(batch)
+
+    def _process(self, batch: Batch) -> Batch:
         n = len(batch["status"])
         subjects = [[] if s is None else list(s) for s in batch.get("subjects", [None] * n)]
         todo: list[tuple[int, _PromptSet]] = []

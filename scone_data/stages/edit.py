@@ -13,8 +13,8 @@ pipeline, weights digest, prompt, seed, steps, guidance):
   instruction (the cut-out is laid on a plain background first; the reference stays the cut-out).
 
 As a row stage (``process``: columns ``image``, ``edit_prompt``, ``edit_seed`` -> ``edited_image``,
-``edit_provenance``) it runs in the executor's actor pools with a GPU request like the detector; it
-is not yet a registered bank step (the shard-phase wiring is issue 15's pipeline part). Weights are
+``edit_provenance``) it runs in the executor's actor pools with a GPU request like the detector. The
+registered bank step is its subclass ``insert`` (:mod:`scone_data.stages.insert`). Weights are
 checked before any work (a missing or corrupt file names itself and the fetch command); loading never
 touches the network. bf16 on GPUs, fp32 on CPUs (``bf16: auto``).
 """
@@ -45,7 +45,7 @@ class ImageEdit(SnapshotStage):
     layout: ClassVar[str | None] = "diffusers"
     local_needs: ClassVar[str] = "a diffusers pipeline directory"
     name: ClassVar[str] = "image_edit"
-    type: ClassVar[str] = ""  # not a bank step yet: the pipelines call insert/repose
+    type: ClassVar[str] = ""  # not a bank step itself: stages/insert.py's ``insert`` is
     needs: ClassVar[tuple[str, ...]] = ("image", "edit_prompt", "edit_seed")
     adds: ClassVar[dict[str, str]] = {"edited_image": "array", "edit_provenance": "json"}
 

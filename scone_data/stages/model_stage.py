@@ -29,11 +29,22 @@ class ModelStage(Stage):
     def resources(self) -> dict[str, float]:
         return {"num_cpus": 1.0, "num_gpus": registry.gpu_request(self.num_gpus)}
 
+    def threads(self):
+        """A context with torch's threads set to the stage's ``cpu_threads`` while it runs on a CPU (one
+        fixed count gives a Ray actor, one thread, and an in-process run, every core, the same bytes)."""
+        from scone_data.models.common import cpu_threads
+
+        return cpu_threads(getattr(self, "cpu_threads", None), registry.resolve_device(self.device) == "cpu")
+
     def model_problems(self, known: tuple[str, ...]) -> list[str]:
         """Problems with the settings every model stage has (``known``: the family's model names)."""
-        return registry.model_setting_problems(
+        out = registry.model_setting_problems(
             self.family, self.model, known, self.checkpoint, self.device, self.num_gpus, self.verify_sha256
         )
+        n = getattr(self, "cpu_threads", None)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            out.append(f"cpu_threads: {n!r} must be an integer >= 1 (or null: torch's default)")
+        return out
 
     def checkpoint_path(self) -> str | None:
         """The file to load: the configured or cached official checkpoint, verified (a missing or

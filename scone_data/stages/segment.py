@@ -78,6 +78,10 @@ class SamSegmenter(ModelStage):
     num_gpus: str | float = "auto"  # GPUs per Ray worker; auto: a share of each GPU (executor.gpu_requests)
     verify_sha256: bool = True
     seed: int = 0  # initialises the tiny preset
+    # torch threads on a CPU (null: torch's default); 1 gives in-process runs a Ray actor's bytes. Added
+    # after outputs were first hashed and only ordering fp32 sums: left out of the hash (old ones hold)
+    cpu_threads: int | None = None
+    execution_fields: ClassVar[tuple[str, ...]] = (*ModelStage.execution_fields, "cpu_threads")
 
     def validate(self) -> list[str]:
         from scone_data.models.sam import ATTENTION_MODES, SAM_MODELS
@@ -106,6 +110,10 @@ class SamSegmenter(ModelStage):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam-prepare")
 
     def process(self, batch: Batch) -> Batch:
+        with self.threads():
+            return self._process(batch)
+
+    def _process(self, batch: Batch) -> Batch:
         import torch
 
         n = len(batch["status"])

@@ -182,7 +182,8 @@ def test_transport_codecs_come_from_the_steps():
     # the built-in steps declare exactly the hand list this replaces
     assert transport.codecs() == {"image": "array", "annotations": "json", "refs": "json",
                                   "subjects": "json", "subject_rejects": "json",
-                                  "subject_tags": "json", "caption_provenance": "json"}  # fmt: skip
+                                  "subject_tags": "json", "caption_provenance": "json",
+                                  "generation": "json"}  # fmt: skip
 
     @dataclass
     class Tagger(Stage):

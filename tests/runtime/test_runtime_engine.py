@@ -1,0 +1,121 @@
+"""The engine pipelines: ``pipelines/tiny_engine.yaml`` built end to end (vlm_caption, insert, detect,
+sam, subjects, insert_check, shards.verify) with the tiny random-weight models, in-process and on Ray;
+``pipelines/scone_engine.yaml`` (the real models) checked for every setting but its weights.
+
+The tiny detector finds noise, so insert_check rejects the generated images: the test reads the
+reasons back from the bank's reject records and the manifest."""
+
+import pytest
+from tests_helpers import reader_files
+
+from scone_data.bank.store import Bank
+from scone_data.cli import main
+from scone_data.runtime.build import build, make_shard_settings, make_sources, make_stages, regen
+from scone_data.runtime.config import load_config
+from scone_data.shards.output import Output
+
+INSERT_REASONS = ("insert_count", "insert_side", "insert_no_original", "insert_parent_rejected")
+
+
+def _cfg(repo_root, out, executor="local", extra=()):
+    over = [f"output={out}", f"runtime.executor={executor}", "runtime.progress=false", "runtime.num_cpus=2"]
+    return load_config(repo_root / "pipelines/tiny_engine.yaml", [*over, *extra])
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("engine_local")
+    return out, build(_cfg(repo_root, out))
+
+
+def test_generated_images_are_checked_and_every_outcome_recorded(local, capsys):
+    out, manifest = local
+    bank = Bank(out)
+    photos = [r for r in bank.images.values() if r.get("generation") is None]
+    kept = [r for r in bank.images.values() if r.get("generation") is not None]
+    rows = [r for r in bank.rejects() if not r["reason"].startswith("subject_")]  # row rejects
+    checked = [r for r in rows if r["stage"] == "insert_check"]
+    generated = {r["image_id"] for r in rows if r["uri"].endswith("#insert")}
+    # every demo photo names a label, so each got one generated mate: kept, or a row reject
+    assert len(photos) == 9 and len(kept) + len(generated) == 9
+    assert checked and all(r["reason"] in INSERT_REASONS and r["detail"] for r in checked)
+    for r in checked:
+        assert r["uri"].endswith("#insert") and manifest["rejects"][r["reason"]] >= 1
+    for r in photos:  # the photo is in the group of its generated mate; never rejected by the check
+        assert r["group_id"] == r["image_id"]
+    print("kept", len(kept), "rejected", sorted((r["reason"], r["detail"]) for r in rows))
+    # stats and the card carry the check's rejects and the verifier's decisions
+    assert main(["stats", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "insert_count" in text and "flagged unclear_answer" in text
+    card = (out / "dataset_card.md").read_text()
+    assert "## Verifier" in card and "flagged (written, keep false): unclear_answer" in card
+    assert (
+        manifest["verify"]["flagged"] == {"unclear_answer": manifest["samples"]} and manifest["samples"] > 0
+    )
+    assert main(["validate", str(out)]) == 0
+    assert main(["audit", str(out), "--strict", "--json"]) == 0
+
+
+def test_ray_and_in_process_give_the_same_bytes(local, tmp_path, repo_root):
+    build(_cfg(repo_root, tmp_path, executor="ray"))
+    a, b = reader_files(local[0]), reader_files(tmp_path)
+    assert a.keys() == b.keys() and any(k.startswith("bank/images/") for k in a)
+    assert any(k.endswith(".tar") for k in a)
+    assert [k for k in a if a[k] != b[k]] == []
+    assert (tmp_path / "dataset_card.md").read_bytes() == (local[0] / "dataset_card.md").read_bytes()
+    ma, mb = Output(local[0]).read_manifest(), Output(tmp_path).read_manifest()
+    differ = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
+    print("manifest keys that differ:", differ)
+    assert ma["rejects"] == mb["rejects"] and ma["samples"] == mb["samples"] and ma["verify"] == mb["verify"]
+
+
+def test_regen_runs_no_edit_model(local, tmp_path, monkeypatch):
+    from scone_data.stages.edit import ImageEdit
+
+    def refuse(self):
+        raise AssertionError("regen loaded the edit model")
+
+    monkeypatch.setattr(ImageEdit, "setup", refuse)
+    manifest = regen(
+        local[0], tmp_path, ["runtime.executor=local", "runtime.progress=false", "shards.verify=null"]
+    )
+    assert manifest["images"] == local[1]["images"] and manifest["samples"] > 0
+
+
+def test_a_reference_can_come_from_the_generated_mate(tmp_path, repo_root):
+    """The planner's group references: targets are real photos only; with insert_check off (the tiny detector's noise fails it) and no
+    colour-similarity floor (tiny masks are noise), a sample's target is a real photo and its reference
+    shows the matching subject of that photo's edited copy."""
+    extra = ["insert_check=null", "shards.verify=null", "pairs.group_min_similarity=0"]
+    build(_cfg(repo_root, tmp_path, extra=extra))
+    hits = []
+    for rec, _ in Output(tmp_path).iter_samples(want_images=False):
+        target = rec["target"]["image_id"]
+        assert not target.endswith("-ins")  # a generated image is never a target
+        for ref in rec["references"]:
+            for c in ref["candidates"]:
+                if c["intended"] and c["subject_id"].startswith(f"{target}-ins-"):
+                    hits.append((rec["task"], target))
+    assert any(task.startswith("distinction") for task, _ in hits), hits
+
+
+def test_the_real_engine_pipeline_lacks_only_its_weights_and_photos(repo_root):
+    cfg = load_config(repo_root / "pipelines/scone_engine.yaml")
+    problems: list[str] = []
+    make_sources(cfg, problems)
+    stages = make_stages(cfg, problems)
+    make_shard_settings(cfg, problems)
+    assert [s.type for s in stages] == [
+        "decode",
+        "vlm_caption",
+        "insert",
+        "detect",
+        "sam",
+        "subjects",
+        "insert_check",
+    ]
+    env = [p for p in problems if "weights fetch" in p or "is not a folder" in p]
+    assert [p for p in problems if p not in env] == []
+    for name in ("qwen2_5_vl_7b_instruct", "qwen_image_edit", "groundingdino_swint_ogc", "sam_vit_h"):
+        assert any(f"scone-data weights fetch {name}" in p for p in env), name
