@@ -34,8 +34,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # units of 1 of the demo's 9 photos: 9 bank units; 2 samples per shard: 5 shards. GrabCut at 16
 # iterations (the demo: 4) makes a unit take about a second, so the second node's bank actor, which
 # takes a few seconds to start, still finds units to do (at 4 the first actor finishes them all)
+# three planning partitions of three photos: the index, planning and shard tasks all run on the cluster
 OVERRIDES = ["runtime.unit_size=1", "segment.iterations=16", "pairs.samples_per_image=1",
-             "shards.samples_per_shard=2", "runtime.progress=false"]  # fmt: skip
+             "shards.samples_per_shard=2", "runtime.progress=false", "pairs.plan_partition_images=3"]  # fmt: skip
 
 
 def _free_ports(n: int) -> list[int]:
