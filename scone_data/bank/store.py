@@ -196,7 +196,10 @@ class BankRows:
     images part first, then subjects and rejects. The :class:`Bank` is this over all parts; a planning
     partition (:mod:`.partition`) is this over its own images' rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_records: bool = True) -> None:
+        # keep_records False: count only (a bank check): an image's uri, no subject record, is kept
+        self.keep = keep_records
+        self.n_subjects = 0
         self.images: dict[str, dict[str, Any]] = {}
         self.image_part: dict[str, str] = {}  # image_id -> path of its images part
         self.duplicates: list[dict[str, Any]] = []
@@ -216,11 +219,14 @@ class BankRows:
                 else:
                     self._dup_keys.add((name, iid))
                 continue
-            self.images[iid] = rec
+            self.images[iid] = rec if self.keep else {"uri": rec["uri"]}
             self.image_part[iid] = part
 
     def add_subjects(self, part_name: str, recs: list[dict[str, Any]]) -> None:
-        self.subjects += _kept_subjects(recs, part_name, self._dup_keys, self._shared)
+        kept = _kept_subjects(recs, part_name, self._dup_keys, self._shared)
+        self.n_subjects += len(kept)
+        if self.keep:
+            self.subjects += kept
 
     def add_rejects(self, part_name: str, recs: list[dict[str, Any]]) -> None:
         """Keep the boxed subject rejects of ``recs`` (see :meth:`Bank.rejected_subjects`)."""
@@ -249,9 +255,11 @@ class Bank:
     order; the later ones are listed in :attr:`duplicates` and become ``duplicate_image`` rejects.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, keep_records: bool = True):
+        """``keep_records`` False: count the subjects without holding them (``subjects`` stays empty,
+        ``images`` hold only each image's uri): what a check of a large bank needs."""
         self.root = Path(root)
-        rows = BankRows()
+        rows = BankRows(keep_records)
         problems: list[str] = []
         for part in _parts(root, "images"):
             try:
@@ -267,7 +275,7 @@ class Bank:
             raise BankDamaged(problems)
         self._rows = rows
         self.images, self.image_part = rows.images, rows.image_part
-        self.duplicates, self.subjects = rows.duplicates, rows.subjects
+        self.duplicates, self.subjects, self.n_subjects = rows.duplicates, rows.subjects, rows.n_subjects
 
     def rejects(self) -> list[dict[str, Any]]:
         out = []
@@ -382,7 +390,9 @@ def _ledger_problems(root: Path) -> list[str]:
 
 
 def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None, list[str]]:
-    """The bank of a finished build, read and checked against its ``manifest``: ``(bank, problems)``.
+    """The bank of a finished build, read and checked against its ``manifest``: ``(bank, problems)``;
+    ``bank`` counts its subjects without holding them (see :class:`Bank`'s ``keep_records``), so a
+    check holds one part at a time and each image's id and uri, never a per-subject list.
 
     Problems (one line each): ``bank/`` or a kind's folder missing, a file there that is not a part
     (temporaries aside: they are never read), a part the ledger lists missing or with other row counts,
@@ -404,7 +414,7 @@ def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None,
         ]
     problems += _ledger_problems(root)
     try:
-        bank = Bank(root)
+        bank = Bank(root, keep_records=False)
     except BankDamaged as e:
         return None, problems + [p for p in e.problems if p not in problems]
     reasons: dict[str, int] = {}
@@ -416,7 +426,7 @@ def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None,
             problems += [p for p in e.problems if p not in problems]
     if bank.duplicates:
         reasons["duplicate_image"] = reasons.get("duplicate_image", 0) + len(bank.duplicates)
-    for what, have in (("images", len(bank.images)), ("subjects", len(bank.subjects))):
+    for what, have in (("images", len(bank.images)), ("subjects", bank.n_subjects)):
         if manifest.get(what) != have:
             problems.append(f"bank: {have} {what}, the manifest says {manifest.get(what)}")
     if manifest.get("rejects") != dict(sorted(reasons.items())):
