@@ -8,17 +8,18 @@ infinite (epoch after epoch); its position is (epoch, index of the next sample i
 """
 
 import hashlib
+import importlib
 import io
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from scone_data import schemas
+from scone_data.runtime import storage
 from scone_data.shards.output import Output
 
 TASKS = schemas.tasks()  # the Sample schema is the one list of task types
@@ -31,7 +32,7 @@ def list_shards(datasets: list[str], split: str) -> list[str]:
     manifest gives its `{split}-*.tar` (or its `shards/` subdir's), sorted."""
     out = []
     for d in datasets:
-        root = Path(d)
+        root = storage.path(d)  # a folder, or an object-store URI (s3://bucket/out)
         output = Output.of_dataset(root)
         if output is not None:
             found = output.shards(split)  # ManifestError (a ValueError) names a missing or bad manifest
@@ -53,9 +54,20 @@ def iter_raw(shards: list[str]):
     """Yield raw tar groups {"__key__", "json": bytes, "ref0.jpg": bytes, ...} with plain WebDataset."""
     import webdataset as wds
 
+    # shards on an object store are read through pyarrow.fs, configured as scone-data's outputs are
+    # (scone_data/runtime/storage.py: the AWS_* environment variables), not through webdataset's
+    # command-line handlers (curl, gsutil)
+    for scheme in {s.partition("://")[0] for s in shards if storage.is_uri(s)}:
+        importlib.import_module("webdataset.gopen").gopen_schemes[scheme] = _open_remote
     # Splitting is done by us (deterministic, resumable), so WebDataset's own splitters are turned off.
     ds = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
     yield from ds
+
+
+def _open_remote(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    if mode != "rb":
+        raise ValueError(f"{url}: shards are only read here, not opened with mode {mode!r}")
+    return storage.open_input(url)
 
 
 def sample_stream(shards: list[str], seed: int, slot: int, slots: int, start: tuple = (0, 0)):

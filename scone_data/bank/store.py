@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION, schemas
+from scone_data.runtime import storage
 from scone_data.runtime.config import ConfigError
 from scone_data.shards.files import write_parquet
 from scone_data.stages.base import ADDED_BY, OK, Batch
@@ -97,14 +98,16 @@ def write_unit(root: str | Path, unit: int, batch: Batch) -> dict[str, int]:
     for kind, table in tables.items():
         # one row group per image: rendering reads one image, not its whole part (see ImageLoader)
         write_parquet(
-            Path(root) / "bank" / kind / name, table, row_group_size=1 if kind == "images" else None
+            storage.path(root) / "bank" / kind / name, table, row_group_size=1 if kind == "images" else None
         )
     return {k: t.num_rows for k, t in tables.items()}
 
 
 def write_extra_rejects(root: str | Path, name: str, rejects: list[dict[str, Any]]) -> None:
     """Rejects found outside any unit (e.g. COCO annotations pointing at unknown images)."""
-    write_parquet(Path(root) / "bank" / "rejects" / f"{name}.parquet", schemas.to_table("reject", rejects))
+    write_parquet(
+        storage.path(root) / "bank" / "rejects" / f"{name}.parquet", schemas.to_table("reject", rejects)
+    )
 
 
 KIND_SCHEMA = {"images": "source_image", "subjects": "subject", "rejects": "reject"}  # bank/{kind}/
@@ -121,7 +124,7 @@ def is_part_name(kind: str, name: str) -> bool:
 
 def _parts(root: str | Path, kind: str) -> list[Path]:
     # an explicit name pattern, not ``*.parquet``: pathlib's glob also matches hidden temporaries
-    d = Path(root) / "bank" / kind
+    d = storage.path(root) / "bank" / kind
     return sorted(p for p in d.iterdir() if is_part_name(kind, p.name) and p.is_file()) if d.is_dir() else []
 
 
@@ -147,13 +150,13 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
     name = f"bank/{kind}/{part.name}"
     try:
         if kind == "images":
-            have = pq.read_schema(part).names
+            have = pq.read_schema(storage.parquet_source(part)).names
             if "image_bytes" not in have:
                 raise BankDamaged([f"{name}: no image_bytes column"])
             # the record's columns the part has: optional ones added later (subject_tags) may be absent
             cols = [f.name for f in schemas.arrow_schema("source_image") if f.name in have]
-            return schemas.from_table("source_image", pq.read_table(part, columns=cols))
-        table = pq.read_table(part)
+            return schemas.from_table("source_image", pq.read_table(storage.parquet_source(part), columns=cols))
+        table = pq.read_table(storage.parquet_source(part))
         # only the required columns: optional ones added later (a reject's label and box) may be absent
         # from parts written before them
         want = schemas.json_schema(KIND_SCHEMA[kind])["required"]
@@ -258,7 +261,7 @@ class Bank:
     def __init__(self, root: str | Path, keep_records: bool = True):
         """``keep_records`` False: count the subjects without holding them (``subjects`` stays empty,
         ``images`` hold only each image's uri): what a check of a large bank needs."""
-        self.root = Path(root)
+        self.root = storage.path(root)
         rows = BankRows(keep_records)
         problems: list[str] = []
         for part in _parts(root, "images"):
@@ -291,7 +294,7 @@ class Bank:
         Reject parts written before rejects kept boxes add nothing."""
         self._rows.others = []
         for part in _parts(self.root, "rejects"):
-            if "box_xyxy" in pq.read_schema(part).names:
+            if "box_xyxy" in pq.read_schema(storage.parquet_source(part)).names:
                 self._rows.add_rejects(part.name, read_part(part, "rejects"))
         return self._rows.others
 
@@ -319,7 +322,7 @@ class ImageLoader:
 
     def _locate(self, part: str) -> dict[str, tuple[int, int]]:
         if part not in self._where:
-            f = pq.ParquetFile(part)
+            f = pq.ParquetFile(storage.parquet_source(part))
             self._meta[part] = f.metadata
             ids = f.read(columns=["image_id"]).column("image_id").to_pylist()
             col = f.schema_arrow.get_field_index("image_id")
@@ -337,7 +340,7 @@ class ImageLoader:
     def _bytes(self, image_id: str) -> bytes:
         part = self.image_part[image_id]
         group, k = self._locate(part)[image_id]
-        f = pq.ParquetFile(part, metadata=self._meta[part])
+        f = pq.ParquetFile(storage.parquet_source(part), metadata=self._meta[part])
         col = f.schema_arrow.get_field_index("image_bytes")
         self.bytes_read += f.metadata.row_group(group).column(col).total_compressed_size
         return f.read_row_group(group, columns=["image_bytes"]).column("image_bytes")[k].as_py()
@@ -376,7 +379,7 @@ def _ledger_problems(root: Path) -> list[str]:
                 problems.append(f"bank/{kind}/{name}: missing (the ledger records {n} rows)")
                 continue
             try:
-                rows = pq.read_metadata(present[name]).num_rows
+                rows = pq.read_metadata(storage.parquet_source(present[name])).num_rows
             except (OSError, pa.ArrowException, ValueError) as e:
                 problems.append(f"bank/{kind}/{name}: unreadable ({one_line(e)})")
                 continue
@@ -398,7 +401,7 @@ def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None,
     (temporaries aside: they are never read), a part the ledger lists missing or with other row counts,
     a part that does not read back, and the images, subjects and reject reasons counted against the
     manifest. ``bank`` is None when a part does not read."""
-    root = Path(root)
+    root = storage.path(root)
     if not (root / "bank").is_dir():
         return None, ["bank/: missing (the subject bank of this build is gone)"]
     problems: list[str] = []

@@ -57,6 +57,7 @@ from scone_data.interop.scone_layout import (
     scone_paths,
     yaml_group,
 )
+from scone_data.runtime import storage
 from scone_data.runtime.outdir import EXPORT_MARKER
 from scone_data.shards.files import atomic_open, write_bytes, write_json
 
@@ -148,7 +149,7 @@ def export_scone_parquet(
         raise InteropError("; ".join(problems), code=2)
     reporter, manifest, total = _begin(output, split, reporter)
     layout = plan_layout(total, world_size, workers, rows_per_row_group, rows_per_file)
-    with _owned_dest(Path(output), Path(dest), "scone-parquet", overwrite) as dest:
+    with _owned_dest(storage.path(output), storage.path(dest), "scone-parquet", overwrite) as dest:
         local_dir = dest / "parquet_data" / dataset_name
         local_dir.mkdir(parents=True)
         data_dir, info_path = scone_paths(data_dir or str(dest.resolve()), dataset_name)
@@ -281,7 +282,7 @@ def export_sconeeval_jsonl(
         if not allow_missing:
             raise InteropError(f"{why} (--allow-missing exports it anyway)")
         reporter.warn(f"{why}; exporting anyway (--allow-missing)")
-    with _owned_dest(Path(output), Path(dest), "sconeeval-jsonl", overwrite) as dest:
+    with _owned_dest(storage.path(output), storage.path(dest), "sconeeval-jsonl", overwrite) as dest:
         counts = _write_sconeeval(output, dest, split, reporter, manifest, total)
     return counts | ({"missing tasks": missing} if missing else {})
 

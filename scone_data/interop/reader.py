@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scone_data.runtime import storage
 from scone_data.shards.output import ManifestError, Output, ShardError
 
 
@@ -82,10 +83,14 @@ def count_samples(
         idx = tar.with_suffix(".parquet")
         try:
             if split is None:
-                n += pq.ParquetFile(idx).metadata.num_rows
+                n += pq.ParquetFile(storage.parquet_source(idx)).metadata.num_rows
             else:
                 n += sum(
-                    1 for s in pq.read_table(idx, columns=["split"]).column("split").to_pylist() if s == split
+                    1
+                    for s in pq.read_table(storage.parquet_source(idx), columns=["split"])
+                    .column("split")
+                    .to_pylist()
+                    if s == split
                 )
         except (pa.ArrowException, KeyError) as e:  # pyarrow's FileNotFoundError passes as an OSError
             raise _corrupt(idx, e) from None
@@ -100,7 +105,7 @@ def task_counts(
     for tar in shard_paths(output, manifest):
         idx = tar.with_suffix(".parquet")
         try:
-            t = pq.read_table(idx, columns=["task", "split"]).to_pydict()
+            t = pq.read_table(storage.parquet_source(idx), columns=["task", "split"]).to_pydict()
         except (pa.ArrowException, KeyError) as e:
             raise _corrupt(idx, e) from None
         for task, s in zip(t["task"], t["split"]):

@@ -28,7 +28,7 @@ from scone_data.bank.store import _parts as bank_parts
 from scone_data.models import registry
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
-from scone_data.runtime import inputs, outdir
+from scone_data.runtime import inputs, outdir, storage
 from scone_data.runtime.executor import Executor, open_executor
 from scone_data.runtime.progress import progress
 from scone_data.runtime.verify import CHUNK, ShardVerification
@@ -101,7 +101,7 @@ def run_bank_phase(
     if ex is None:
         with open_executor(rt) as ex:
             return run_bank_phase(cfg, sources, stages, rt, bank_hash, ex)
-    out = Path(cfg["output"])
+    out = storage.path(cfg["output"])
     ledger = Ledger(out, "bank", bank_hash)
     units = plan_units(sources, rt.unit_size)
     # each marker records the identities of its unit's inputs: a resume whose inputs changed is
@@ -272,7 +272,7 @@ def run_shard_phase(
         with open_executor(rt) as ex:
             return run_shard_phase(cfg, pairs, shards, rt, provenance, ex, bank_root)
 
-    out = Path(cfg["output"])
+    out = storage.path(cfg["output"])
     ledger = Ledger(out, "shards", provenance["config_hash"])
     t0 = time.perf_counter()
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
@@ -407,7 +407,7 @@ def build(cfg: dict[str, Any], overwrite: bool = False, reads: tuple[str, ...] =
     pairs, shards = make_shard_settings(cfg, problems)
     rt = C.build_dataclass(C.RuntimeSettings, "runtime", cfg.get("runtime"), problems)
     check(problems)  # every setting is checked before the output is touched
-    out = Path(cfg["output"])
+    out = storage.path(cfg["output"])
     inputs.check_outside_sources(out, sources)  # a rerun would read the output back as input
     read_paths = outdir.input_paths([cfg.get("sources"), list(reads)])
     with outdir.claim(out, "build", overwrite=overwrite, reads=read_paths):
@@ -425,7 +425,7 @@ def regen(
     bank_dir: str | Path, output: str | Path, overrides: list[str] | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
     """New shards in ``output`` from the bank of an earlier build, with ``overrides`` applied."""
-    bank_dir, output = Path(bank_dir), Path(output)
+    bank_dir, output = storage.path(bank_dir), storage.path(output)
     if not Output(bank_dir).bank.is_dir():
         raise C.ConfigError([f"{bank_dir}: no bank/ directory (not the output of a build)"])
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from scone_data.runtime import overrides as O
+from scone_data.runtime import storage
 from scone_data.runtime.overrides import ConfigError
 
 SECTIONS = ("output", "seed", "sources", "steps", "pairs", "shards", "runtime")
@@ -189,5 +190,6 @@ def load_config(
     cfg.setdefault("seed", 0)
     # made absolute here, on the driver: Ray workers on other nodes run in the directory `ray start`
     # ran in, so a relative output would name another folder to them (``~`` is expanded too)
-    cfg["output"] = os.path.abspath(os.path.expanduser(cfg["output"]))
+    if not storage.is_uri(cfg["output"]):  # an object-store URI (s3://...) is absolute already
+        cfg["output"] = os.path.abspath(os.path.expanduser(cfg["output"].removeprefix(storage.FILE_SCHEME)))
     return cfg

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from scone_data.bank.store import KINDS, UNIT_FMT, write_unit
-from scone_data.runtime import transport
+from scone_data.runtime import storage, transport
 from scone_data.sources import Source
 from scone_data.stages.base import ADDED_BY, Batch, Stage
 
@@ -275,7 +275,7 @@ class RayExecutor(Executor):
         if not units:
             return
         # workers on other nodes run in other folders: they get the output as an absolute path
-        root = str(Path(root).absolute())
+        root = str(storage.path(root).absolute())  # an object-store URI stays as it is
         cpu_workers = self.cpu_workers()
         # One block per unit so Ray can spread units over the actor pool; refs travel as JSON.
         items = [{"unit": u, "refs": transport.encode({"refs": [refs]})["refs"][0]} for u, refs in units]

@@ -97,7 +97,7 @@ def point(name: str, path: str | os.PathLike = "") -> None:
     st = _state if _loaded else _load()
     if st is None:
         return
-    fname = Path(path).name
+    fname = path.name if hasattr(path, "name") else Path(path).name  # a Path or an object-store path
     if st.trace:
         with open(st.trace, "a") as f:
             f.write(f"{name}\t{path}\n")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from scone_data.bank.store import KINDS, PART_NAME
+from scone_data.runtime import storage
 from scone_data.runtime.config import ConfigError
 from scone_data.runtime.outdir import OutputError
 from scone_data.shards.output import Output
@@ -61,10 +62,10 @@ class InputsChanged(ConfigError):
 
 def check_outside_sources(output: str | Path, sources: list) -> None:
     """Refuse (:class:`OutputError`, one line) an output inside a folder a source reads from."""
-    out = Path(output).absolute().resolve()
+    out = storage.path(output).absolute().resolve()
     for src in sources:
         for folder in src.input_folders():
-            f = Path(folder).resolve()
+            f = storage.path(folder).resolve()
             if out == f or f in out.parents:
                 raise OutputError(
                     f"output {output} lies inside {folder}, which {src.type} source {src.name!r} reads: "

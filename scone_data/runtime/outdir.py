@@ -19,6 +19,11 @@ Holding the lock, a run sweeps the temporaries of killed writers (ours only, see
 The old folder is renamed to a hidden sibling (``.NAME.scone-old-PID``) and deleted only once the
 new one is complete. A run that fails or is killed leaves it there (the error says where); the
 next complete run into the same folder deletes it.
+
+**Object stores** (``s3://...``, see :mod:`scone_data.runtime.storage`) have neither locks nor
+renames, so there a claim takes no lock (two runs into one prefix are not stopped: the user keeps
+them apart), refuses ``--overwrite`` (nothing can be moved aside; delete the prefix yourself) and
+refuses a prefix that holds anything but our entries (a resume). README: Object storage.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from scone_data.runtime import storage
 from scone_data.shards.files import is_temporary, sweep_temporaries, write_error
 
 log = logging.getLogger("scone_data")
@@ -98,7 +104,11 @@ def _entries(folder: Path) -> list[str]:
 
 def ours(folder: Path, allowed: frozenset[str]) -> str | None:
     """None when ``folder`` is a scone-data folder holding only what we write; else why not."""
-    names = set(os.listdir(folder))
+    return ours_names(set(os.listdir(folder)), allowed)
+
+
+def ours_names(names: set[str], allowed: frozenset[str]) -> str | None:
+    """:func:`ours` on a folder's top-level ``names``."""
     foreign = sorted(n for n in names - allowed if not is_temporary(n))
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -120,6 +130,8 @@ def input_paths(values: Iterable[object]) -> list[Path]:
         elif isinstance(v, list | tuple):
             for x in v:
                 walk(x, key)
+        elif isinstance(v, str) and key not in ("type", "name") and storage.is_uri(v):
+            out.append(storage.path(v.split("*")[0].split("?")[0].split("[")[0]))
         elif isinstance(v, str | os.PathLike) and key not in ("type", "name") and str(v):
             s = str(v).removeprefix("file://")
             parts = Path(s).parts
@@ -140,7 +152,7 @@ def check_not_input(target: Path, reads: Iterable[Path], what: str = "output") -
     """Refuse when ``target`` is, or holds, anything in ``reads``."""
     real = target.resolve()
     for r in reads:
-        rr = Path(r).resolve()
+        rr = storage.path(r).resolve()
         if _within(rr, real):
             rel = "is" if rr == real else "holds"
             raise OutputError(f"{what} {target} {rel} {r}, which this run reads: choose another {what}")
@@ -178,6 +190,37 @@ def _delete_old(folder: Path, allowed: frozenset[str]) -> None:
             _unlock(fd)
 
 
+def _claim_store(
+    folder: storage.StorePath,
+    command: str,
+    overwrite: bool,
+    reads: list,
+    empty: bool,
+    allowed: frozenset[str],
+) -> storage.StorePath:
+    """:func:`claim` on an object store: the checks only (no lock, no moving aside; see above)."""
+    if overwrite:
+        raise OutputError(
+            f"--overwrite is not supported on an object store ({folder}): nothing can be moved aside "
+            "there; delete the prefix yourself, or choose another output"
+        )
+    check_not_input(folder, reads)
+    names = {p.name for p in folder.iterdir()}
+    if names and empty:
+        raise OutputError(f"{folder} exists and is not empty (delete the prefix, or choose another)")
+    if names:
+        why = ours_names(names, allowed)
+        if why:
+            raise OutputError(f"refusing to write into {folder}: {why}")
+    # not a lock: the sign that the prefix is ours, so that a run killed before its first ledger
+    # marker is resumed rather than refused as someone else's
+    try:
+        (folder / LOCK_NAME).write_bytes(f"{os.getpid()} {command}\n".encode())
+    except OSError as e:
+        raise write_error(folder / LOCK_NAME, e) from e
+    return folder
+
+
 @contextmanager
 def claim(
     folder: str | os.PathLike,
@@ -195,12 +238,15 @@ def claim(
     import) or ``"export"``, which decides what the folder may hold to be replaced. On a clean exit
     the replaced folder is deleted; on an error it is kept and a warning says where.
     """
-    folder = Path(folder).absolute()
     allowed = EXPORT_ENTRIES if kind == "export" else OUTPUT_ENTRIES
     reads = list(reads)
+    if storage.is_remote(folder):
+        yield _claim_store(storage.path(folder), command, overwrite, reads, empty, allowed)
+        return
+    folder = Path(folder).absolute()
     if overwrite:
         check_not_input(folder, reads)
-    elif any(folder.resolve() == Path(r).resolve() for r in reads):
+    elif any(folder.resolve() == storage.path(r).resolve() for r in reads):
         raise OutputError(f"output {folder} is what this run reads: choose another output")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} exists and is not a folder")

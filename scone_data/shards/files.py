@@ -6,10 +6,15 @@ then renamed into place with ``os.replace`` (atomic on POSIX). A crash leaves at
 temporary, which the next run into that output removes with :func:`sweep_temporaries`. The name is
 specific (a marker and the writer's pid) so that the sweep deletes only files of exactly that
 form: a user's own ``.tmp-*`` files in a reused folder are left alone.
+
+On an object store (``s3://``..., :mod:`scone_data.runtime.storage`) there is no rename: the data is
+collected in memory and PUT under its final name in one request, which is atomic (the object appears
+whole or not at all), so there are no temporaries to sweep.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -20,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scone_data.runtime import faults
+from scone_data.runtime import faults, storage
 
 TMP_PREFIX = ".tmp-scone."  # every temporary of ours starts with it (validate looks for them)
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9]+\..+")
@@ -59,6 +64,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     A failing write (full disk, read-only output) removes the temporary and raises
     :class:`OutputWriteError`; other exceptions from the body pass through unchanged.
     """
+    if storage.is_remote(path):
+        with _object_open(storage.path(path), mode) as f:
+            yield f
+        return
     path = Path(path)
     tmp = tmp_path(path)
     try:
@@ -81,6 +90,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
             raise write_error(path, e) from e
         raise
+
+
+@contextmanager
+def _object_open(path: storage.StorePath, mode: str):
+    """:func:`atomic_open` on an object store: a memory buffer, PUT whole on a clean exit."""
+    if mode != "wb":
+        raise ValueError(f"{path}: only binary writes ('wb') go to an object store, not {mode!r}")
+    buf = io.BytesIO()
+    yield buf
+    try:
+        faults.point("before_publish", path)
+        path.write_bytes(buf.getvalue())
+    except OSError as e:
+        raise write_error(path, e) from e
+    faults.point("published", path)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -110,7 +134,9 @@ def sweep_temporaries(root: str | os.PathLike) -> int:
     """Delete stale temporaries left by a killed run of ours under ``root``; returns how many.
 
     Call it only while holding the output's lock (:mod:`scone_data.runtime.outdir`): a live run's
-    temporaries look the same as a dead one's."""
+    temporaries look the same as a dead one's. An object store has none (see the module docstring)."""
+    if storage.is_remote(root):
+        return 0
     n = 0
     for p in Path(root).rglob(f"{TMP_PREFIX}*"):
         if is_temporary(p.name) and p.is_file() and not p.is_symlink():

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from scone_data.runtime import storage
 from scone_data.shards.files import write_json
 
 log = logging.getLogger("scone_data")
@@ -28,7 +29,7 @@ class SettingsChanged(RuntimeError):
 
 class Ledger:
     def __init__(self, root: str | Path, phase: str, config_hash: str):
-        self.dir = Path(root) / "ledger" / phase
+        self.dir = storage.path(root) / "ledger" / phase
         self.config_hash = config_hash
 
     def _marker(self, unit: str) -> Path:

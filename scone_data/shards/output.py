@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scone_data import schemas
+from scone_data.runtime import storage
 from scone_data.shards.files import write_json
 
 MANIFEST = "manifest.json"
@@ -36,7 +37,7 @@ class ManifestError(ValueError):
     naming the file. ``error`` is what reading it raised (None when missing)."""
 
     def __init__(self, path: Path, why: str = "", missing: bool = False, error: Exception | None = None):
-        self.path, self.why, self.missing, self.error = Path(path), why, missing, error
+        self.path, self.why, self.missing, self.error = storage.path(path), why, missing, error
         if missing:
             text = f"{self.path.parent}: no {MANIFEST} (not a scone-data output, or the run did not finish)"
         else:
@@ -48,7 +49,7 @@ class ShardError(ValueError):
     """A shard tar that cannot be read (torn, corrupt, a bad member json): ``path`` and ``error``."""
 
     def __init__(self, path: Path, error: Exception):
-        self.path, self.error = Path(path), error
+        self.path, self.error = storage.path(path), error
         super().__init__(f"{path}: {' '.join(str(error).split())[:200] or type(error).__name__}")
 
 
@@ -57,10 +58,11 @@ def _one_line(e: Exception) -> str:
 
 
 class Output:
-    """The output folder ``root``; cheap to make (nothing is read until asked)."""
+    """The output folder ``root`` (a path or an object-store URI, see :mod:`scone_data.runtime.storage`);
+    cheap to make (nothing is read until asked)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = storage.path(root)
         self.bank = self.root / "bank"
         self.shard_dir = self.root / "shards"
         self.ledger = self.root / "ledger"
@@ -154,7 +156,7 @@ class Output:
     def of_dataset(cls, path: str | Path) -> Output | None:
         """The output a dataset path names: the folder itself, or the folder above its ``shards/``;
         None for a plain folder of tars (no manifest, no ledger of ours)."""
-        p = Path(path)
+        p = storage.path(path)
         for root in (p, p.parent) if p.name == "shards" else (p,):
             out = cls(root)
             if out.has_manifest() or out.ledger.is_dir():  # a ledger without a manifest: unfinished
@@ -171,22 +173,30 @@ def iter_tar(
 
     A sample's members are sorted in the tar (``json`` < ``ref*`` < ``target``), so its record is
     seen first and decides whether its images are read at all."""
+    if storage.is_remote(tar_path):
+        with storage.open_input(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            yield from _tar_samples(tf, split, want_images)
+        return
     with tarfile.open(tar_path, "r:") as tf:
-        rec: dict[str, Any] | None = None
-        keep = False
-        members: dict[str, bytes] = {}
-        key = None
-        for m in tf:
-            k, _, ext = m.name.partition(".")
-            if k != key:
-                if rec is not None and (split is None or rec["split"] == split):
-                    yield rec, members
-                key, rec, members, keep = k, None, {}, False
-            if ext == "json":
-                rec = json.loads(tf.extractfile(m).read())
-                keep = split is None or rec["split"] == split
-                keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
-            elif keep:
-                members[ext] = tf.extractfile(m).read()
-        if rec is not None and (split is None or rec["split"] == split):
-            yield rec, members
+        yield from _tar_samples(tf, split, want_images)
+
+
+def _tar_samples(tf: tarfile.TarFile, split: str | None, want_images) -> Iterator:
+    rec: dict[str, Any] | None = None
+    keep = False
+    members: dict[str, bytes] = {}
+    key = None
+    for m in tf:
+        k, _, ext = m.name.partition(".")
+        if k != key:
+            if rec is not None and (split is None or rec["split"] == split):
+                yield rec, members
+            key, rec, members, keep = k, None, {}, False
+        if ext == "json":
+            rec = json.loads(tf.extractfile(m).read())
+            keep = split is None or rec["split"] == split
+            keep = keep and (want_images(rec) if callable(want_images) else bool(want_images))
+        elif keep:
+            members[ext] = tf.extractfile(m).read()
+    if rec is not None and (split is None or rec["split"] == split):
+        yield rec, members

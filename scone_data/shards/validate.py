@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from scone_data import schemas
 from scone_data.bank.store import check_bank, one_line
+from scone_data.runtime import storage
 from scone_data.runtime.outdir import LOCK_NAME
 from scone_data.shards.files import TMP_PREFIX
 from scone_data.shards.output import CARD, MANIFEST, REJECTS, SHARD_EXTS, ManifestError, Output
@@ -133,7 +134,7 @@ def _check_index(name: str, path: Path, order, records, first_offset, end, probl
         problems.append(f"{name}: index {path.name} is missing")
         return
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.read_table(storage.parquet_source(path)).to_pylist()
     except (OSError, pa.ArrowException, ValueError) as e:
         problems.append(f"{name}: index {path.name} is unreadable ({one_line(e)})")
         return
@@ -220,7 +221,7 @@ def _check_rejects(out: Output, manifest: dict) -> list[str]:
     if not path.exists():
         return ["rejects.parquet is missing"]
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(storage.parquet_source(path))
         missing = [c for c in schemas.json_schema("reject")["required"] if c not in table.schema.names]
         if missing:
             return [f"rejects.parquet: not a rejects table (missing columns {missing})"]
@@ -241,7 +242,7 @@ def _check_sources(out: Path, manifest: dict, tally: _Tally) -> list[str]:
     if kind == "regen":
         # the counts are those of the build whose bank it read; checked while that bank is there
         bank = manifest["config"].get("bank")
-        if isinstance(bank, str) and (Path(bank) / "bank").is_dir():
+        if isinstance(bank, str) and (storage.path(bank) / "bank").is_dir():
             problems = check_bank(bank, manifest)[1]
             return [f"bank of {bank}: {p}" for p in problems]
         return []
@@ -279,7 +280,7 @@ def _unknown_files(out: Path, listed: set[str]) -> list[str]:
 
 
 def validate_output(output: str | Path, decode_images: bool = True) -> list[str]:
-    out = Path(output)
+    out = storage.path(output)
     dest = Output(out)
     try:
         manifest = dest.read_manifest()

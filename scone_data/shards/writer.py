@@ -19,6 +19,7 @@ from typing import Any
 import webdataset as wds
 
 from scone_data import SCHEMA_VERSION, schemas
+from scone_data.runtime import storage
 from scone_data.shards.files import atomic_open, write_json, write_parquet
 
 BLOCK = 512
@@ -41,7 +42,7 @@ class ShardWriter:
     """
 
     def __init__(self, directory: str | Path, name: str):
-        self.directory = Path(directory)
+        self.directory = storage.path(directory)
         self.name = name
         self.buf = io.BytesIO()
         self.tar = wds.TarWriter(self.buf, user="scone", group="scone", mode=0o444, mtime=0, encoder=False)
