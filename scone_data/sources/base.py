@@ -21,6 +21,7 @@ import glob
 import importlib.util
 import json
 import os
+import posixpath
 import re
 import stat
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scone_data.imageio import MAX_DETAIL_CHARS
+from scone_data.runtime import storage
 from scone_data.stages.base import OK, REJECTED
 
 # The columns of every source row, in this order (see the row contract in DESIGN.md / issue 2).
@@ -68,8 +70,11 @@ def resolve_path(p: str, base: str | None = None) -> str:
     ``pkg://<package>/<relative path>`` resolves inside an importable package's directory
     (``pkg://skimage/data/astronaut.png``); anything else is a plain path (``~`` expanded), taken
     relative to ``base`` when given and relative (else to this process's directory).
+    An object-store URI (``s3://bucket/key``, :mod:`scone_data.runtime.storage`) is returned as it is.
     Raises ValueError when the package cannot be found.
     """
+    if storage.is_uri(p):
+        return p
     if not p.startswith(PKG_SCHEME):
         q = os.path.expanduser(p)
         return os.path.join(base, q) if base and not os.path.isabs(q) else q
@@ -89,12 +94,18 @@ def resolve_path(p: str, base: str | None = None) -> str:
 
 def is_within(path: str, root: str) -> bool:
     """True when ``path`` (after resolving symlinks and ``..``) lies inside ``root``."""
+    if storage.is_uri(path) or storage.is_uri(root):
+        real, real_root = normpath(path), normpath(root).rstrip("/")
+        return real == real_root or real.startswith(real_root + "/")
     real, real_root = os.path.realpath(path), os.path.realpath(root)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
-    """Read a whole file: ``(data, "")`` or ``(None, reason)`` with a reason from the module docstring."""
+    """Read a whole file: ``(data, "")`` or ``(None, reason)`` with a reason from the module docstring.
+    ``path`` may be an object-store URI (an object is a regular file there)."""
+    if storage.is_uri(path):
+        return _read_object_capped(path, max_bytes)
     try:
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer; the
         # type is then checked on the open descriptor, so a swap after a stat cannot slip through.
@@ -119,12 +130,55 @@ def read_file_capped(path: str, max_bytes: int) -> tuple[bytes | None, str]:
 def file_identity(path: str) -> str:
     """``"<size>:<mtime_ns>"`` of the file at ``path`` (symlinks followed) or why there is none
     (``missing``, ``not_a_regular_file``): what the resume ledger compares to see that an input
-    changed. Only a stat: the file is never opened."""
+    changed. Only a stat: the file is never opened. For an object-store URI: its size and
+    Last-Modified from the store (to the second)."""
+    if storage.is_uri(path):
+        try:
+            st = storage.path(path).stat()
+        except OSError:
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
     try:
         st = os.stat(path)
     except OSError:  # missing, a dangling symlink, a name the OS refuses
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else "not_a_regular_file"
+
+
+def _read_object_capped(uri: str, max_bytes: int) -> tuple[bytes | None, str]:
+    p = storage.path(uri)
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            return None, f"file_too_large: {size} bytes"
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return None, "missing_file"
+    except OSError as e:
+        return None, safe_text(
+            f"unreadable_file: {type(e).__name__}: {' '.join(str(e).split())}"[:MAX_DETAIL_CHARS]
+        )
+    if len(data) > max_bytes:  # grew while we read it
+        return None, f"file_too_large: >{max_bytes} bytes"
+    return data, ""
+
+
+def abspath(p: str) -> str:
+    """``os.path.abspath``, leaving an object-store URI as it is."""
+    return p if storage.is_uri(p) else os.path.abspath(p)
+
+
+def normpath(p: str) -> str:
+    """``os.path.normpath``; on a URI only its key is normalised (``s3://b/a/../c`` -> ``s3://b/c``)."""
+    if storage.is_uri(p):
+        scheme, _, rest = p.partition("://")
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.normpath(p)
+
+
+def isdir(p: str) -> bool:
+    """``os.path.isdir``; for a URI, whether any object lies under that prefix."""
+    return storage.path(p).is_dir() if storage.is_uri(p) else os.path.isdir(p)
 
 
 def dir_of(pattern: str) -> str:

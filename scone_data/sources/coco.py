@@ -5,6 +5,8 @@ such as ``captions_train2017.json``, whose ``annotations`` hold ``{"image_id", "
 ids; the first caption of an image is used, after any caption inside ``annotations``) and
 ``image_root`` (default: the json's folder; nested at most ``base.MAX_JSON_DEPTH`` deep, else a settings error, as are two
 ``categories`` with one id and different names). ``file_name`` is relative to ``image_root`` or itself a ``pkg://`` URI.
+The json files and ``image_root`` may be object-store URIs (``s3://bucket/coco/instances.json``,
+:mod:`scone_data.runtime.storage`); an image's identity for resume is then its size and Last-Modified.
 
 Per image row: ``uri`` is the image file's path, ``image_id`` is ``<source name>-<COCO id>``
 (sanitised, so two COCO sources with overlapping ids stay distinct), ``license`` is the name (else
@@ -46,13 +48,16 @@ from scone_data.sources.base import (
     MAX_FILE_BYTES,
     PKG_SCHEME,
     Source,
+    abspath,
     check_optional_str,
     check_positive_int,
     file_identity,
     is_within,
+    isdir,
     loads_json,
     make_row,
     name_text,
+    normpath,
     read_file_capped,
     rejected_row,
     safe_text,
@@ -121,7 +126,7 @@ class CocoSource(Source):
         check_optional_str(problems, "captions", self.captions)
         if isinstance(self.image_root, str) and self.image_root:
             try:
-                if not os.path.isdir(self.local_path(self.image_root)):
+                if not isdir(self.local_path(self.image_root)):
                     problems.append(f"image_root: {self.image_root!r} is not a folder")
             except ValueError as e:
                 problems.append(f"image_root: {e}")
@@ -244,7 +249,7 @@ class CocoSource(Source):
         paths = [self._json_path]
         if isinstance(self.captions, str) and self.captions:
             paths.append(self.local_path(self.captions))
-        return {name_text(os.path.abspath(p)): file_identity(p) for p in paths}
+        return {name_text(abspath(p)): file_identity(p) for p in paths}
 
     def inputs(self, refs: list[str]) -> list[dict[str, str]]:
         # the json is an input of every image: its entry, annotations, caption and license come from it
@@ -258,7 +263,7 @@ class CocoSource(Source):
         return out
 
     def input_folders(self) -> list[str]:
-        return [os.path.abspath(self._root)]
+        return [abspath(self._root)]
 
     def _file_path(self, fname: Any, root: str) -> str | None:
         """The file an entry's ``file_name`` names (not checked to stay inside ``root``), or None."""
@@ -270,7 +275,7 @@ class CocoSource(Source):
                 return self.local_path(fname)
         except (UnicodeEncodeError, ValueError):
             return None
-        return os.path.abspath(os.path.join(root, fname))
+        return abspath(os.path.join(root, fname))
 
     def read(self, refs: list[str]) -> dict[str, list]:
         idx = self._load()
@@ -308,7 +313,7 @@ class CocoSource(Source):
                 return rejected_row(where, self.name, "missing_file", image_id=image_id)
         else:
             root = self._root
-            path = os.path.normpath(os.path.join(root, fname))
+            path = normpath(os.path.join(root, fname))
             if not is_within(path, root):
                 return rejected_row(name_text(path), self.name, "path_outside_root", image_id=image_id)
         license_ = idx.licenses.get(im.get("license")) if _usable_id(im.get("license")) else None

@@ -18,6 +18,13 @@ Reject reasons (beside those of :mod:`scone_data.sources.base`):
 - ``symlink_outside_root``: a symlink whose target is outside ``root`` (not followed).
 - ``symlinked_dir``: a symlink to a folder (not descended).
 - ``bad_caption: <reason>``: the caption sidecar could not be read (reason as for files).
+
+``root`` may be an object-store prefix (``s3://bucket/photos``, :mod:`scone_data.runtime.storage`):
+the objects under it are listed and read the same way (hidden names skipped, sidecar captions,
+extensions), ``uri`` is the object's URI, and an input's identity for resume is
+``<size>:<mtime_ns>`` from the store's listing (its Last-Modified, to the second: an object
+rewritten within the same second with the same size is not seen as changed). A store has no
+symlinks, so their reasons never occur there.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from scone_data.runtime import storage
 from scone_data.sources.base import (
     MAX_FILE_BYTES,
     Source,
@@ -69,6 +77,13 @@ class FolderSource(Source):
         if not isinstance(self.root, str) or not self.root:
             problems.append(f"root: must be a non-empty string, got {self.root!r}")
             return problems
+        if storage.is_uri(self.root):
+            try:
+                if not storage.path(self.root).is_dir():
+                    problems.append(f"root: {self.root!r} holds no objects")
+            except OSError as e:
+                problems.append(f"root: {self.root!r} cannot be listed ({' '.join(str(e).split())[:200]})")
+            return problems
         try:
             root = self.local_path(self.root)
         except ValueError as e:
@@ -80,9 +95,13 @@ class FolderSource(Source):
 
     @property
     def _root(self) -> str:
+        if storage.is_uri(self.root):
+            return str(storage.path(self.root))
         return os.path.abspath(self.local_path(self.root))
 
     def list_refs(self) -> list[str]:
+        if storage.is_uri(self.root):
+            return self._store_refs()
         root = self._root
         refs: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -106,6 +125,8 @@ class FolderSource(Source):
         return sorted(name_text(r) for r in refs)
 
     def inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        if storage.is_uri(self.root):
+            return self._store_inputs(refs)
         root = self._root
         sidecars: dict[str, dict[str, str]] = {}
         out = []
@@ -123,6 +144,9 @@ class FolderSource(Source):
 
     def read(self, refs: list[str]) -> dict[str, list]:
         root = self._root
+        if storage.is_uri(self.root):
+            folders: dict[str, dict[str, object]] = {}
+            return to_batch([self._store_read_one(root, ref, folders) for ref in refs])
         sidecars: dict[str, dict[str, str]] = {}  # folder -> stem -> caption file name
         return to_batch([self._read_one(root, ref, sidecars) for ref in refs])
 
@@ -172,3 +196,63 @@ class FolderSource(Source):
         if data is None:
             return None, reason
         return decode_text(data), ""
+
+    # -- an object-store prefix ------------------------------------------------------------------
+    def _store_listing(self, folder: str, cache: dict[str, dict[str, object]]) -> dict[str, object]:
+        """Visible objects directly in ``folder`` (a URI): name -> FileInfo (cached per folder)."""
+        if folder not in cache:
+            cache[folder] = {p.name: p.info() for p in storage.path(folder).iterdir() if not _hidden(p.name)}
+        return cache[folder]
+
+    def _store_refs(self) -> list[str]:
+        root = storage.path(self.root)
+        rels = [str(p.relative_to(root)) for p, _ in root.walk_files()]
+        rels = [r for r in rels if not any(_hidden(part) for part in r.split("/"))]
+        stems = {os.path.splitext(r)[0] for r in rels if _ext(r) in IMAGE_EXTENSIONS}
+        return sorted(
+            r for r in rels if not (_ext(r) == CAPTION_EXTENSION and os.path.splitext(r)[0] in stems)
+        )
+
+    def _store_caption(self, uri: str, cache: dict[str, dict[str, object]]) -> str | None:
+        """The URI of the caption sidecar of the image at ``uri`` (as :meth:`_caption_path`)."""
+        folder, _, name = uri.rpartition("/")
+        listing = self._store_listing(folder, cache)
+        stem = os.path.splitext(name)[0]
+        caps = sorted((n for n in listing if _ext(n) == CAPTION_EXTENSION), reverse=True)
+        cap = {os.path.splitext(n)[0]: n for n in caps}.get(stem)
+        return None if cap is None else f"{folder}/{cap}"
+
+    def _store_inputs(self, refs: list[str]) -> list[dict[str, str]]:
+        root, cache, out = self._root, {}, []
+        for ref in refs:
+            uri = f"{root}/{ref}"
+            ids = {uri: self._store_identity(uri, cache)}
+            cap = self._store_caption(uri, cache)
+            if cap is not None:
+                ids[cap] = self._store_identity(cap, cache)
+            out.append(ids)
+        return out
+
+    def _store_identity(self, uri: str, cache: dict[str, dict[str, object]]) -> str:
+        """``<size>:<mtime_ns>`` from the folder's listing (no object is opened), or ``missing``."""
+        folder, _, name = uri.rpartition("/")
+        info = self._store_listing(folder, cache).get(name)
+        return "missing" if info is None else f"{info.size}:{info.mtime_ns or 0}"
+
+    def _store_read_one(self, root: str, ref: str, cache: dict[str, dict[str, object]]) -> dict:
+        uri = f"{root}/{ref}"
+        if ref.startswith("/") or ".." in ref.split("/"):
+            return rejected_row(uri, self.name, "path_outside_root")
+        if _ext(ref) not in IMAGE_EXTENSIONS:
+            return rejected_row(uri, self.name, "unsupported_extension")
+        data, reason = read_file_capped(uri, self.max_file_bytes)
+        if data is None:
+            return rejected_row(uri, self.name, reason)
+        caption = None
+        cap = self._store_caption(uri, cache)
+        if cap is not None:
+            cdata, reason = read_file_capped(cap, MAX_CAPTION_BYTES)
+            if cdata is None:
+                return rejected_row(uri, self.name, f"bad_caption: {reason}")
+            caption = decode_text(cdata)
+        return make_row(uri, self.name, image_bytes=data, caption=caption, annotations=None)
