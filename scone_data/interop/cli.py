@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from scone_data.interop.reader import InteropError
 from scone_data.interop.report import Reporter
+from scone_data.runtime import storage
 
 
 def _run(command: str, args, work: Callable[[Reporter], dict[str, Any]], title: str) -> int:
@@ -28,7 +28,7 @@ def _run(command: str, args, work: Callable[[Reporter], dict[str, Any]], title: 
     snippet = counts.pop("snippet", None)
     rep.summary(title, counts)
     if snippet:
-        where = Path(args.dest) / "parquet_info"
+        where = storage.path(args.dest) / "parquet_info"
         print(f"\nTo train Scone on it, paste (also written to {where}):\n\n{snippet}", end="")
     return 0
 

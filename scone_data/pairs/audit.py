@@ -18,6 +18,7 @@ from pathlib import Path
 from scone_data.bank.records import mask_box, scene_index
 from scone_data.pairs.card import copy_paste_histogram
 from scone_data.pairs.truth import check_sample
+from scone_data.runtime import storage
 from scone_data.shards.output import Output
 
 # Keys of the samples with the most failed checks listed per task.
@@ -44,7 +45,7 @@ def audit(output: str | Path) -> dict:
     """Every sample of ``output`` checked; returns the per-task figures (see :func:`format_report`)."""
     from scone_data.bank.store import Bank
 
-    out = Path(output)
+    out = storage.path(output)
     manifest = Output(out).read_manifest(validate=False)
     max_cp = float((manifest.get("config", {}).get("pairs") or {}).get("max_copy_paste", 1.0))
     bank = Bank(out)
@@ -95,7 +96,7 @@ def format_report(report: dict) -> str:
 
 
 def cmd_audit(args) -> int:
-    out = Path(args.output)
+    out = storage.path(args.output)
     if not Output(out).has_manifest():
         print(f"error: {out}: no manifest.json (not a finished scone-data output)", file=sys.stderr)
         return 2

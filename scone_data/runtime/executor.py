@@ -370,6 +370,11 @@ def open_executor(rt) -> Iterator[Executor]:
             if rt.ray_address
             else {"num_cpus": rt.num_cpus, "num_gpus": rt.num_gpus}
         )
+        # workers on other nodes do not inherit this process's environment: the S3 settings travel
+        # in the job's runtime_env (README: Object storage says who can read them there)
+        env = storage.env_vars()
+        if env:
+            kw["runtime_env"] = {"env_vars": env}
         ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = rt.progress and not json_mode()

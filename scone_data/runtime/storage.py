@@ -28,6 +28,17 @@ from typing import Any
 import pyarrow.fs as pafs
 
 FILE_SCHEME = "file://"
+# what configures S3 here: forwarded to Ray's workers (runtime/executor.py), which on other nodes do
+# not inherit the driver's environment
+ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 READ_BUFFER = 4 << 20  # bytes per ranged GET when a file is read sequentially (tars)
 _FS: dict[tuple[str, int], pafs.FileSystem] = {}  # (scheme, pid) -> filesystem, one per process
 
@@ -78,6 +89,11 @@ def filesystem(scheme: str) -> pafs.FileSystem:
     if key not in _FS:
         _FS[key] = _s3() if scheme == "s3" else pafs.FileSystem.from_uri(f"{scheme}://")[0]
     return _FS[key]
+
+
+def env_vars() -> dict[str, str]:
+    """The :data:`ENV_VARS` set in this process."""
+    return {k: os.environ[k] for k in ENV_VARS if os.environ.get(k)}
 
 
 def reset() -> None:

@@ -328,3 +328,28 @@ def test_folder_source_on_s3(s3, repo_root, tmp_path):
             outs["s3"],
             [f"sources=[{{type: folder, name: f, root: {s3}/photos}}]", "pairs.val_images=[]"],
         )
+
+
+def test_cli_reads_s3_output(s3_build, local_build, capsys):
+    from scone_data.cli import main
+    from scone_data.pairs.audit import audit
+
+    assert main(["stats", s3_build, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] > 0
+    a, b = audit(s3_build), audit(local_build)
+    assert (a.pop("output"), b.pop("output")) == (s3_build, str(local_build)) and a == b
+    assert main(["audit", s3_build]) == 0
+
+
+def test_ray_workers_write_to_s3(s3, repo_root, local_build):
+    """The embedded Ray executor: its actors write the bank parts and its tasks the shards into the
+    bucket (the S3 settings reach them in the job's runtime_env); the same objects as the local build."""
+    from scone_data.runtime.build import build
+    from scone_data.runtime.config import load_config
+
+    out = f"{s3}/ray"
+    over = [f"output={out}", "runtime.executor=ray", "runtime.num_cpus=2", "runtime.progress=false", *ARGS]
+    build(load_config(repo_root / "pipelines/demo.yaml", over))
+    remote, local = objects(out), files(local_build)
+    remote.pop(".scone-data.lock"), local.pop(".scone-data.lock")  # written by this process: its pid
+    assert_same(remote, local)
