@@ -157,6 +157,8 @@ def test_exports_from_s3(s3, s3_build, local_build, tmp_path):
 
 
 def test_trainer_reads_s3_shards(s3_build, local_build):
+    # the repo's training/ (installed as scone_train): imported from the tree so that a checkout's
+    # own copy is the one tested
     from training.data import iter_raw, list_shards
 
     for split in ("train", "val"):
