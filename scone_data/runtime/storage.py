@@ -105,10 +105,13 @@ class StorePath:
     """An object-store path ``scheme://bucket/key`` with a pathlib-like surface. Directories are key
     prefixes: ``mkdir`` does nothing, ``is_dir`` is true when any object lies under the prefix."""
 
-    __slots__ = ("scheme", "key")
+    __slots__ = ("scheme", "key", "_listed")
 
-    def __init__(self, scheme: str, key: str):
+    def __init__(self, scheme: str, key: str, listed: pafs.FileInfo | None = None):
         self.scheme, self.key = scheme, key.strip("/")
+        # what the listing that found this path said of it (iterdir, walk_files): saves one request
+        # per object when a caller asks is_file or stat of each object it just listed
+        self._listed = listed
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -176,7 +179,7 @@ class StorePath:
 
     # -- queries -------------------------------------------------------------------------------
     def info(self) -> pafs.FileInfo:
-        return self.fs.get_file_info(self.key)
+        return self._listed if self._listed is not None else self.fs.get_file_info(self.key)
 
     def exists(self) -> bool:
         return self.info().type != pafs.FileType.NotFound
@@ -203,12 +206,14 @@ class StorePath:
 
     def iterdir(self):
         for i in self._listing():
-            yield StorePath(self.scheme, i.path)
+            yield StorePath(self.scheme, i.path, i)
 
     def walk_files(self) -> list[tuple[StorePath, pafs.FileInfo]]:
         """Every object under this prefix (recursively), sorted by key, with its FileInfo."""
         return [
-            (StorePath(self.scheme, i.path), i) for i in self._listing(True) if i.type == pafs.FileType.File
+            (StorePath(self.scheme, i.path, i), i)
+            for i in self._listing(True)
+            if i.type == pafs.FileType.File
         ]
 
     def glob(self, pattern: str):
@@ -239,6 +244,7 @@ class StorePath:
 
     def write_bytes(self, data: bytes) -> int:
         """One PUT of the whole object: it appears whole or not at all."""
+        self._listed = None
         with self.fs.open_output_stream(self.key) as f:
             f.write(data)
         return len(data)
@@ -250,6 +256,7 @@ class StorePath:
         """Nothing: an object store has no folders (a key's prefix is one)."""
 
     def unlink(self, missing_ok: bool = False) -> None:
+        self._listed = None
         try:
             self.fs.delete_file(self.key)
         except FileNotFoundError:
