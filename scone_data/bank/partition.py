@@ -49,6 +49,7 @@ from scone_data.bank.index import BankIndex
 from scone_data.bank.records import split_of
 from scone_data.bank.store import BankRows, ImageLoader, _parts, read_part
 from scone_data.pairs.sample_plan import plan_from_json, plan_to_json
+from scone_data.runtime import storage
 from scone_data.shards.files import write_bytes, write_parquet
 
 # under the output, beside the ledger's markers: the run's own bookkeeping, remade on every run and
@@ -76,7 +77,7 @@ def route(image: dict[str, Any], n: int) -> int:
 
 
 def _dir(out: str | Path) -> Path:
-    return Path(out) / PLAN_DIR
+    return storage.path(out) / PLAN_DIR
 
 
 def index_file(out: str | Path, p: int, chunk: int) -> Path:
@@ -89,17 +90,21 @@ def plans_file(out: str | Path, p: int, split: str) -> Path:
 
 def reset(out: str | Path) -> None:
     """Start planning afresh (plans are recomputed on every run: they are cheap next to rendering)."""
-    shutil.rmtree(_dir(out), ignore_errors=True)
+    remove(out)
 
 
 def remove(out: str | Path) -> None:
-    shutil.rmtree(_dir(out), ignore_errors=True)
+    d = _dir(out)
+    if isinstance(d, storage.StorePath):
+        d.delete_tree()
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def count_images(bank_root: str | Path) -> tuple[list[str], int]:
     """The bank's images part names and their rows, from the parts' footers only."""
     parts = _parts(bank_root, "images")
-    return [p.name for p in parts], sum(pq.read_metadata(p).num_rows for p in parts)
+    return [p.name for p in parts], sum(pq.read_metadata(storage.parquet_source(p)).num_rows for p in parts)
 
 
 # -- 1. index ------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
     """Route the rows of the bank parts ``parts`` (names under ``bank_root/bank/images/``) to
     ``n_parts`` partitions, written under ``out`` (runs in a worker). Returns usable images per
     partition, the chunk's pool candidates and which ``cfg.val_images`` ids it saw."""
-    bank = Path(bank_root) / "bank"
+    bank = storage.path(bank_root) / "bank"
     rows: dict[int, list[dict[str, str]]] = defaultdict(list)
     usable: Counter = Counter()
     pool: dict[tuple[str, str], list] = defaultdict(list)  # max-heaps (negated) of the smallest hashes
@@ -120,7 +125,7 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
     entries: dict[str, dict] = {}
     for name in parts:
         path = str(bank / "images" / name)
-        images = read_part(Path(path), "images")
+        images = read_part(storage.path(path), "images")
         subjects = (
             read_part(bank / "subjects" / name, "subjects") if (bank / "subjects" / name).is_file() else []
         )
@@ -199,7 +204,8 @@ def pool_entries(best: list[tuple]) -> list[dict[str, Any]]:
 # -- 2. plan -------------------------------------------------------------------------------------
 def _read_rows(out: str | Path, p: int) -> BankRows:
     files = sorted((_dir(out) / "index").glob(f"p{p:05d}-c*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else ROWS_SCHEMA.empty_table()
+    tables = [pq.read_table(storage.parquet_source(f)) for f in files]
+    table = pa.concat_tables(tables) if files else ROWS_SCHEMA.empty_table()
     parts, kinds, blobs = (table.column(c).to_pylist() for c in ("part", "kind", "json"))
     rows = BankRows()
     for want in ("image", "subject", "reject"):  # images of every part first (see BankRows)
@@ -312,7 +318,7 @@ def read_plans(slices: list[tuple[str, int, int]]) -> tuple[list, dict[str, str]
     row groups the slices cover."""
     plans, image_part = [], {}
     for path, start, end in slices:
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(storage.parquet_source(path))
         first, groups, row = 0, [], 0
         for g in range(f.metadata.num_row_groups):
             n = f.metadata.row_group(g).num_rows

@@ -277,7 +277,7 @@ def run_shard_phase(
     t0 = time.perf_counter()
     # pixels for colour-histogram matching (intra look-alikes, subjects across a group's images)
     max_pixels = _max_pixels(cfg)
-    bank_root = Path(bank_root) if bank_root is not None else out  # regen reads another build's bank
+    bank_root = storage.path(bank_root) if bank_root is not None else out  # regen reads another build's bank
     counts, plan_rejects, figures, duplicates = plan_bank(out, pairs, ex, max_pixels, bank_root)
     log.info("planned in %.1fs", time.perf_counter() - t0)
     jobs = partition.shard_slices(out, counts, shards.samples_per_shard, Output.shard_name)
