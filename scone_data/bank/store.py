@@ -155,7 +155,9 @@ def read_part(part: Path, kind: str) -> list[dict[str, Any]]:
                 raise BankDamaged([f"{name}: no image_bytes column"])
             # the record's columns the part has: optional ones added later (subject_tags) may be absent
             cols = [f.name for f in schemas.arrow_schema("source_image") if f.name in have]
-            return schemas.from_table("source_image", pq.read_table(storage.parquet_source(part), columns=cols))
+            return schemas.from_table(
+                "source_image", pq.read_table(storage.parquet_source(part), columns=cols)
+            )
         table = pq.read_table(storage.parquet_source(part))
         # only the required columns: optional ones added later (a reject's label and box) may be absent
         # from parts written before them
