@@ -163,27 +163,28 @@ def export_scone_parquet(
                 name = f"part-{len(info):05d}.parquet"
                 with atomic_open(local_dir / name) as f:
                     # No statistics on the image list: min/max of JPEG bytes would only bloat the footer.
-                    writer = pq.ParquetWriter(
+                    # closed on an error too: left to the garbage collector, it wrote its footer into
+                    # the already-closed temporary
+                    with pq.ParquetWriter(
                         f,
                         SCONE_SCHEMA,
                         compression={"image": "none", "instruction": "zstd", "key": "zstd", "task": "zstd"},
                         write_statistics=["instruction", "key", "task"],
-                    )
-                    for size in groups:  # only one row group of samples is in memory at a time
-                        group = list(itertools.islice(samples, size))
-                        if len(group) < size:  # never an empty row group: a worker given one spins
-                            raise InteropError(
-                                f"{output}: the shard indexes count {total} samples, the tars hold fewer; "
-                                f"`scone-data validate {output}` lists every problem",
-                                code=2,
+                    ) as writer:
+                        for size in groups:  # only one row group of samples is in memory at a time
+                            group = list(itertools.islice(samples, size))
+                            if len(group) < size:  # never an empty row group: a worker given one spins
+                                raise InteropError(
+                                    f"{output}: the shard indexes count {total} samples, the tars hold fewer; "
+                                    f"`scone-data validate {output}` lists every problem",
+                                    code=2,
+                                )
+                            writer.write_table(
+                                pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
                             )
-                        writer.write_table(
-                            pa.Table.from_pylist([_scone_row(*s) for s in group], schema=SCONE_SCHEMA)
-                        )
-                        for rec, _ in group:
-                            tasks[rec["task"]] = tasks.get(rec["task"], 0) + 1
-                        bar.update(len(group))
-                    writer.close()
+                            for rec, _ in group:
+                                tasks[rec["task"]] = tasks.get(rec["task"], 0) + 1
+                            bar.update(len(group))
                 info[posixpath.join(data_dir, name)] = {
                     "num_row_groups": len(groups),
                     "num_rows": sum(groups),
