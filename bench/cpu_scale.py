@@ -206,7 +206,7 @@ def plan_partitioned(root: Path, partition_images: int, executor: str = "local")
         base = _peak_rss_mb()
         t0 = time.perf_counter()
         out = root / "out"
-        partition.reset(out)
+        partition.remove(out)
         out.mkdir(exist_ok=True)
         cfg = PairConfig(**PLAN_CFG, plan_partition_images=partition_images)
         counts, _, figures, _ = plan_bank(out, cfg, ex, 10**8, root)

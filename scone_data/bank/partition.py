@@ -47,7 +47,8 @@ import pyarrow.parquet as pq
 
 from scone_data.bank.index import BankIndex
 from scone_data.bank.records import split_of
-from scone_data.bank.store import BankRows, ImageLoader, _parts, read_part
+from scone_data.bank.store import BankRows, ImageLoader, boxed_other, part_paths, read_part
+from scone_data.pairs.quota import largest_remainder
 from scone_data.pairs.sample_plan import plan_from_json, plan_to_json
 from scone_data.runtime import storage
 from scone_data.shards.files import write_bytes, write_parquet
@@ -88,12 +89,9 @@ def plans_file(out: str | Path, p: int, split: str) -> Path:
     return _dir(out) / "plans" / f"p{p:05d}-{split}.parquet"
 
 
-def reset(out: str | Path) -> None:
-    """Start planning afresh (plans are recomputed on every run: they are cheap next to rendering)."""
-    remove(out)
-
-
 def remove(out: str | Path) -> None:
+    """Remove the planning files: before planning (plans are recomputed on every run, cheap next to
+    rendering) and once the shards are written."""
     d = _dir(out)
     if isinstance(d, storage.StorePath):
         d.delete_tree()
@@ -103,15 +101,11 @@ def remove(out: str | Path) -> None:
 
 def count_images(bank_root: str | Path) -> tuple[list[str], int]:
     """The bank's images part names and their rows, from the parts' footers only."""
-    parts = _parts(bank_root, "images")
+    parts = part_paths(bank_root, "images")
     return [p.name for p in parts], sum(pq.read_metadata(storage.parquet_source(p)).num_rows for p in parts)
 
 
 # -- 1. index ------------------------------------------------------------------------------------
-def _boxed(r: dict[str, Any]) -> bool:
-    return r["stage"] == "subjects" and r.get("box_xyxy") is not None
-
-
 def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts: int, cfg) -> dict[str, Any]:
     """Route the rows of the bank parts ``parts`` (names under ``bank_root/bank/images/``) to
     ``n_parts`` partitions, written under ``out`` (runs in a worker). Returns usable images per
@@ -135,13 +129,13 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
             subs_of[s["image_id"]].append(s)
         others_of: dict[str, list] = defaultdict(list)
         for r in rejects:
-            if _boxed(r):
+            if boxed_other(r) is not None:
                 others_of[r["image_id"]].append(r)
         by_id = {im["image_id"]: im for im in images}
-        for im in images:
+        dest = [route(im, n_parts) for im in images]
+        for im, p in zip(images, dest):
             iid = im["image_id"]
             val_seen |= {v for v in (iid, im.get("group_id")) if v in val_set}
-            p = route(im, n_parts)
             rows[p].append({"part": path, "kind": "image", "json": json.dumps(im, sort_keys=True)})
             labels = {s["label"] for s in subs_of.get(iid, ()) if BankIndex._check(s, by_id, cfg)[0] is None}
             usable[p] += bool(labels)
@@ -150,7 +144,8 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
             split = split_of(im, cfg.val_fraction, val_set)
             h = _hash(f"{ROUTE_SALT}|pool|{cfg.seed}|{iid}")
             entry = {"image_id": iid, "p": p, "part": path, "image": im,
-                     "subjects": subs_of.get(iid, []), "others": others_of.get(iid, [])}  # fmt: skip
+                     "subjects": subs_of.get(iid, []),
+                     "others": [boxed_other(r) for r in others_of.get(iid, [])]}  # fmt: skip
             entries.setdefault(iid, entry)  # a later copy of an image lends nothing more
             for label in sorted(labels):
                 heap = pool[(split, label)]
@@ -162,11 +157,11 @@ def index_chunk(out: str, bank_root: str, chunk: int, parts: list[str], n_parts:
                 elif item > heap[0]:
                     heapq.heapreplace(heap, item)
         # subjects and rejects after every image of the part, as BankRows wants them
-        for im in images:
+        for im, p in zip(images, dest):
             for s in subs_of.pop(im["image_id"], []):
-                rows[route(im, n_parts)].append({"part": path, "kind": "subject", "json": json.dumps(s)})
+                rows[p].append({"part": path, "kind": "subject", "json": json.dumps(s)})
             for r in others_of.pop(im["image_id"], []):
-                rows[route(im, n_parts)].append({"part": path, "kind": "reject", "json": json.dumps(r)})
+                rows[p].append({"part": path, "kind": "reject", "json": json.dumps(r)})
     for p, rs in rows.items():
         write_parquet(index_file(out, p, chunk), pa.Table.from_pylist(rs, schema=ROWS_SCHEMA))
     return {
@@ -240,8 +235,7 @@ def plan_partition(
                 continue
             images[e["image_id"]], image_part[e["image_id"]] = e["image"], e["part"]
             subjects += e["subjects"]
-            others += [{"image_id": r["image_id"], "label": r.get("label") or "",
-                        "box_xyxy": list(r["box_xyxy"]), "reason": r["reason"]} for r in e["others"]]  # fmt: skip
+            others += e["others"]
     pcfg = replace(cfg, max_samples_per_label=label_cap)
     if num_samples is not None:
         pcfg = replace(pcfg, num_samples=num_samples)
@@ -281,11 +275,7 @@ def plan_partition(
 def apportion(total: int, weights: list[int]) -> list[int]:
     """``total`` split by ``weights`` (largest remainder, ties by position); all zero weights: evenly."""
     w = weights if sum(weights) else [1] * len(weights)
-    raw = [total * x / sum(w) for x in w]
-    out = [int(v) for v in raw]
-    for i in sorted(range(len(w)), key=lambda i: (-(raw[i] - out[i]), i))[: total - sum(out)]:
-        out[i] += 1
-    return out
+    return largest_remainder([total * x / sum(w) for x in w], total)
 
 
 # -- 3. render ------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def is_part_name(kind: str, name: str) -> bool:
     return bool(PART_NAME.fullmatch(name) or (kind == "rejects" and EXTRA_REJECTS_NAME.fullmatch(name)))
 
 
-def _parts(root: str | Path, kind: str) -> list[Path]:
+def part_paths(root: str | Path, kind: str) -> list[Path]:
     # an explicit name pattern, not ``*.parquet``: pathlib's glob also matches hidden temporaries
     d = storage.path(root) / "bank" / kind
     return sorted(p for p in d.iterdir() if is_part_name(kind, p.name) and p.is_file()) if d.is_dir() else []
@@ -194,6 +194,20 @@ def _kept_subjects(
     return out
 
 
+def boxed_other(r: dict[str, Any]) -> dict[str, Any] | None:
+    """A reject record of a subject that kept its box, as planning's scene takes it (``{"image_id",
+    "label", "box_xyxy", "reason"}``); None for any other reject."""
+    box = r.get("box_xyxy")
+    if r["stage"] != "subjects" or box is None:
+        return None
+    return {
+        "image_id": r["image_id"],
+        "label": r.get("label") or "",
+        "box_xyxy": list(box),
+        "reason": r["reason"],
+    }
+
+
 class BankRows:
     """Rows of bank parts, added in part order, with duplicated images resolved as the whole bank does:
     an ``image_id`` keeps its first occurrence in unit order, later copies go to :attr:`duplicates` (and
@@ -236,14 +250,13 @@ class BankRows:
     def add_rejects(self, part_name: str, recs: list[dict[str, Any]]) -> None:
         """Keep the boxed subject rejects of ``recs`` (see :meth:`Bank.rejected_subjects`)."""
         for r in recs:
-            iid, box = r["image_id"], r.get("box_xyxy")
+            other = boxed_other(r)
             # only the copy of a duplicated image that the bank kept (its part has the same name)
-            if r["stage"] != "subjects" or box is None or iid not in self.images:
+            if other is None or other["image_id"] not in self.images:
                 continue
-            if Path(self.image_part[iid]).name != part_name:
+            if Path(self.image_part[other["image_id"]]).name != part_name:
                 continue
-            self.others.append({"image_id": iid, "label": r.get("label") or "", "box_xyxy": list(box),
-                                "reason": r["reason"]})  # fmt: skip
+            self.others.append(other)
 
     def duplicate_rejects(self) -> list[dict[str, Any]]:
         out = []
@@ -266,12 +279,12 @@ class Bank:
         self.root = storage.path(root)
         rows = BankRows(keep_records)
         problems: list[str] = []
-        for part in _parts(root, "images"):
+        for part in part_paths(root, "images"):
             try:
                 rows.add_images(str(part), read_part(part, "images"))
             except BankDamaged as e:
                 problems += e.problems
-        for part in _parts(root, "subjects"):
+        for part in part_paths(root, "subjects"):
             try:
                 rows.add_subjects(part.name, read_part(part, "subjects"))
             except BankDamaged as e:
@@ -284,7 +297,7 @@ class Bank:
 
     def rejects(self) -> list[dict[str, Any]]:
         out = []
-        for part in _parts(self.root, "rejects"):
+        for part in part_paths(self.root, "rejects"):
             out.extend(read_part(part, "rejects"))
         return out + self._rows.duplicate_rejects()
 
@@ -295,7 +308,7 @@ class Bank:
         still in the photos: the pair builder keeps them out of targets whose instruction names them.
         Reject parts written before rejects kept boxes add nothing."""
         self._rows.others = []
-        for part in _parts(self.root, "rejects"):
+        for part in part_paths(self.root, "rejects"):
             if "box_xyxy" in pq.read_schema(storage.parquet_source(part)).names:
                 self._rows.add_rejects(part.name, read_part(part, "rejects"))
         return self._rows.others
@@ -375,7 +388,7 @@ def _ledger_problems(root: Path) -> list[str]:
         for kind, n in counts.items():
             expected[kind][f"{marker.name[: -len('.done')]}.parquet".replace("unit-", "part-")] = n
     for kind in KINDS:
-        present = {p.name: p for p in _parts(root, kind)}
+        present = {p.name: p for p in part_paths(root, kind)}
         for name, n in sorted(expected[kind].items()):
             if name not in present:
                 problems.append(f"bank/{kind}/{name}: missing (the ledger records {n} rows)")
@@ -423,7 +436,7 @@ def check_bank(root: str | Path, manifest: dict[str, Any]) -> tuple[Bank | None,
     except BankDamaged as e:
         return None, problems + [p for p in e.problems if p not in problems]
     reasons: dict[str, int] = {}
-    for part in _parts(root, "rejects"):
+    for part in part_paths(root, "rejects"):
         try:
             for r in read_part(part, "rejects"):
                 reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1

@@ -14,6 +14,7 @@ from collections import Counter
 
 from scone_data.bank.index import BankIndex
 from scone_data.pairs.config import PairConfig
+from scone_data.pairs.quota import largest_remainder
 from scone_data.pairs.sample_plan import ReferencePlan, SamplePlan
 from scone_data.pairs.tasks import TaskPlanner
 
@@ -24,12 +25,7 @@ MAX_ATTEMPTS_PER_SLOT = 12
 
 def task_quotas(mix: dict[str, float], n: int) -> dict[str, int]:
     """Samples per task summing to ``n`` (largest remainder; ties by task order)."""
-    raw = {t: w * n for t, w in mix.items()}
-    out = {t: int(v) for t, v in raw.items()}
-    rest = sorted(raw, key=lambda t: (-(raw[t] - out[t]), list(mix).index(t)))
-    for t in rest[: n - sum(out.values())]:
-        out[t] += 1
-    return out
+    return dict(zip(mix, largest_remainder([w * n for w in mix.values()], n)))
 
 
 def sample_key(seed: int, task: str, refs: list[ReferencePlan]) -> tuple[str, int]:

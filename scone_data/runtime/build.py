@@ -23,8 +23,14 @@ import pyarrow.parquet as pq
 
 from scone_data import SCHEMA_VERSION, __version__, schemas
 from scone_data.bank import partition
-from scone_data.bank.store import BankDamaged, ImageLoader, check_bank, read_part, write_extra_rejects
-from scone_data.bank.store import _parts as bank_parts
+from scone_data.bank.store import (
+    BankDamaged,
+    ImageLoader,
+    check_bank,
+    part_paths,
+    read_part,
+    write_extra_rejects,
+)
 from scone_data.models import registry
 from scone_data.pairs.card import dataset_card
 from scone_data.runtime import config as C
@@ -208,7 +214,7 @@ def plan_bank(
     """Plan the bank of the build in ``bank_root`` into ``out`` by partition (see :mod:`scone_data.bank.partition`) on ``ex``:
     ``(plans per split of each partition, plan rejects, bank figures, duplicate_image rejects)``. The
     plans are in ``out/ledger/plan/``; the driver holds counts, never a per-subject list."""
-    partition.reset(out)
+    partition.remove(out)
     names, n_images = partition.count_images(bank_root)
     n_parts = partition.partition_count(n_images, pairs.plan_partition_images)
     step = partition.PARTS_PER_INDEX_TASK
@@ -232,12 +238,9 @@ def plan_bank(
     del pool
     weights = [usable[p] for p in range(n_parts)]
     shares = partition.apportion(pairs.num_samples, weights) if pairs.num_samples else [None] * n_parts
-    caps = partition.apportion(pairs.max_samples_per_label, weights) if n_parts > 1 else [None] * n_parts
-    tasks = (
-        (p, {"p": p, "num_samples": shares[p], "label_cap": pairs.max_samples_per_label if caps[p] is None
-             else max(1, caps[p]) if pairs.max_samples_per_label else 0})
-        for p in range(n_parts)
-    )  # fmt: skip
+    cap = pairs.max_samples_per_label  # 0: no cap; a share is at least 1, never "no cap"
+    caps = [max(1, c) for c in partition.apportion(cap, weights)] if cap and n_parts > 1 else [cap] * n_parts
+    tasks = ((p, {"p": p, "num_samples": shares[p], "label_cap": caps[p]}) for p in range(n_parts))
     shared = {"out": str(out), "n_parts": n_parts, "cfg": pairs, "max_pixels": max_pixels}
     results = dict(ex.map_tasks(partition.plan_partition, tasks, shared))
     counts, rejects, figures, duplicates = [], Counter(), {}, []
@@ -371,7 +374,7 @@ def write_rejects(path: Path, bank_root: str | Path, duplicates: list[dict[str, 
     reasons: Counter = Counter()
     with atomic_open(path, "wb") as f:
         with pq.ParquetWriter(f, schema, compression="zstd", write_statistics=True, store_schema=True) as w:
-            for part in bank_parts(bank_root, "rejects"):
+            for part in part_paths(bank_root, "rejects"):
                 recs = read_part(part, "rejects")
                 if recs:
                     w.write_table(schemas.to_table("reject", recs))
