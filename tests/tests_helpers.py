@@ -117,3 +117,14 @@ def write_tar(path: Path, members: list[tuple[str, bytes]], **open_kw) -> Path:
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
     return path
+
+
+def weights_cli(*argv: str) -> int:
+    """``scone-data weights ARGV...`` through the real parser and handler; its exit code."""
+    import argparse
+
+    from scone_data.models.weights_cli import add_weights_parser, run_weights
+
+    p = argparse.ArgumentParser()
+    add_weights_parser(p.add_subparsers(dest="cmd"))
+    return run_weights(p.parse_args(["weights", *argv]))

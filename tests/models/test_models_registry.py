@@ -1,13 +1,12 @@
 """Checkpoint registry and `weights` CLI: real downloads through urllib from file:// URLs."""
 
-import argparse
 import hashlib
 
 import pytest
+from tests_helpers import weights_cli
 
 from scone_data.models import registry
 from scone_data.models.vocab import PhraseMatcher, load_vocabulary
-from scone_data.models.weights_cli import add_weights_parser, run_weights
 
 
 @pytest.fixture
@@ -21,12 +20,6 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.CHECKPOINTS, "toy", ck)
     monkeypatch.setenv(registry.ENV_CACHE, str(tmp_path / "cache"))
     return ck
-
-
-def _cli(*argv):
-    p = argparse.ArgumentParser()
-    add_weights_parser(p.add_subparsers(dest="cmd"))
-    return run_weights(p.parse_args(["weights", *argv]))
 
 
 def test_official_entries_are_complete():
@@ -43,7 +36,7 @@ def test_fetch_verifies_and_renames(toy, capsys):
     path = registry.fetch("toy", log=lambda *_: None)
     assert path == registry.default_path("toy") and registry.problems("toy") == []
     assert not path.with_name("toy.pth.part").exists()
-    assert _cli("verify", "toy") == 0 and toy.sha256 in capsys.readouterr().out
+    assert weights_cli("verify", "toy") == 0 and toy.sha256 in capsys.readouterr().out
 
 
 def test_fetch_rejects_a_wrong_hash_and_leaves_nothing(toy, monkeypatch):
@@ -67,11 +60,13 @@ def test_corrupt_file_is_named_with_the_fix(toy):
 
 
 def test_cli_list_path_and_usage_errors(toy, capsys):
-    assert _cli("list") == 0 and "sam_vit_h" in capsys.readouterr().out
-    assert _cli("path", "toy") == 0 and capsys.readouterr().out.strip() == str(registry.default_path("toy"))
-    assert _cli("fetch") == 2 and _cli("fetch", "nope") == 2
-    assert _cli("verify") == 1  # nothing in the cache yet
-    assert _cli("fetch", "toy") == 0 and _cli("verify") == 0
+    assert weights_cli("list") == 0 and "sam_vit_h" in capsys.readouterr().out
+    assert weights_cli("path", "toy") == 0 and capsys.readouterr().out.strip() == str(
+        registry.default_path("toy")
+    )
+    assert weights_cli("fetch") == 2 and weights_cli("fetch", "nope") == 2
+    assert weights_cli("verify") == 1  # nothing in the cache yet
+    assert weights_cli("fetch", "toy") == 0 and weights_cli("verify") == 0
 
 
 def test_vocabularies_and_caption_matching():

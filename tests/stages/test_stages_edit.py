@@ -2,7 +2,6 @@
 loaded back from that directory): batched = the library's one-item calls, seeds, provenance, weights
 checks and the weights CLI on a diffusers pipeline folder."""
 
-import argparse
 import io
 import json
 import pickle
@@ -11,11 +10,11 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from tests_helpers import weights_cli
 
 from scone_data.imageio import encode_png
 from scone_data.models import registry, snapshots
 from scone_data.models.edit import TINY_CALL, save_tiny, to_uint8
-from scone_data.models.weights_cli import add_weights_parser, run_weights
 from scone_data.stages.edit import ImageEdit
 
 STEPS = 2
@@ -131,24 +130,18 @@ def test_missing_or_corrupt_weights_stop_before_work(tiny_dir, tmp_path, monkeyp
     assert "weights_dir" in ImageEdit(model="local").validate()[0]
 
 
-def _cli(*argv):
-    p = argparse.ArgumentParser()
-    add_weights_parser(p.add_subparsers(dest="cmd"))
-    return run_weights(p.parse_args(["weights", *argv]))
-
-
 def test_weights_cli_fetches_and_verifies_a_pipeline_folder(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(registry.ENV_CACHE, str(tmp_path / "cache"))
     toy = snapshots.Snapshot("toy_edit", "edit", "toy", "test/toy-edit", "main",
                              base_url=f"file://{tiny_dir}/", layout="diffusers")  # fmt: skip
     monkeypatch.setitem(snapshots.SNAPSHOTS, "toy_edit", toy)
-    listed = _cli("list") == 0 and capsys.readouterr().out
+    listed = weights_cli("list") == 0 and capsys.readouterr().out
     assert "Qwen/Qwen-Image-Edit@main" in listed and "black-forest-labs/FLUX.1-Kontext-dev@main" in listed
-    assert _cli("verify", "toy_edit") == 1 and "weights fetch toy_edit" in capsys.readouterr().out
-    assert _cli("fetch", "toy_edit") == 0
+    assert weights_cli("verify", "toy_edit") == 1 and "weights fetch toy_edit" in capsys.readouterr().out
+    assert weights_cli("fetch", "toy_edit") == 0
     out = registry.default_path("toy_edit")
     assert out.name == "test--toy-edit" and registry.problems("toy_edit") == []
-    assert _cli("verify", "toy_edit") == 0 and snapshots.digest(tiny_dir) in capsys.readouterr().out
+    assert weights_cli("verify", "toy_edit") == 0 and snapshots.digest(tiny_dir) in capsys.readouterr().out
     assert (
         snapshots.digest(out) == snapshots.digest(tiny_dir) and not out.with_name(out.name + ".part").exists()
     )

@@ -1,7 +1,6 @@
 """The VLM step on the tiny random-weight Qwen2.5-VL preset (saved with save_pretrained, loaded back
 from that directory): batched = one-item generate, captions, weights checks, sample verification."""
 
-import argparse
 import io
 import pickle
 import shutil
@@ -9,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from tests_helpers import make_sample
+from tests_helpers import make_sample, weights_cli
 
 from scone_data.models import registry, snapshots
 from scone_data.models.vlm import save_tiny
-from scone_data.models.weights_cli import add_weights_parser, run_weights
 from scone_data.stages import stage_types
 from scone_data.stages.vlm import (
     VlmCaptioner,
@@ -142,22 +140,16 @@ def test_missing_or_corrupt_weights_stop_before_work(tiny_dir, tmp_path, monkeyp
     assert any("scone-data weights fetch qwen3_vl_8b_instruct" in p for p in problems)
 
 
-def _cli(*argv):
-    p = argparse.ArgumentParser()
-    add_weights_parser(p.add_subparsers(dest="cmd"))
-    return run_weights(p.parse_args(["weights", *argv]))
-
-
 def test_weights_cli_fetches_and_verifies_a_model_directory(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(registry.ENV_CACHE, str(tmp_path / "cache"))
     toy = snapshots.Snapshot("toy_vlm", "vlm", "toy", "test/toy-vlm", "main", base_url=f"file://{tiny_dir}/")
     monkeypatch.setitem(snapshots.SNAPSHOTS, "toy_vlm", toy)
-    assert _cli("list") == 0 and "Qwen/Qwen2.5-VL-7B-Instruct@main" in capsys.readouterr().out
-    assert _cli("verify", "toy_vlm") == 1 and "weights fetch toy_vlm" in capsys.readouterr().out
-    assert _cli("fetch", "toy_vlm") == 0
+    assert weights_cli("list") == 0 and "Qwen/Qwen2.5-VL-7B-Instruct@main" in capsys.readouterr().out
+    assert weights_cli("verify", "toy_vlm") == 1 and "weights fetch toy_vlm" in capsys.readouterr().out
+    assert weights_cli("fetch", "toy_vlm") == 0
     out = registry.default_path("toy_vlm")
     assert out.name == "test--toy-vlm" and registry.problems("toy_vlm") == []
-    assert _cli("verify", "toy_vlm") == 0 and snapshots.digest(tiny_dir) in capsys.readouterr().out
+    assert weights_cli("verify", "toy_vlm") == 0 and snapshots.digest(tiny_dir) in capsys.readouterr().out
     assert not out.with_name(out.name + ".part").exists()
 
 
