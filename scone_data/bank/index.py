@@ -67,10 +67,19 @@ class BankIndex:
             self.by_image[b.image_id].append(b)
             self.by_label[b.split][b.label].append(b)
         self.image_ids = sorted(self.by_image)
-        # a generated image (an insert step's edit, ``generation`` set) never anchors a sample: targets
-        # are real photos; it serves as a group mate's reference and as a distractor source
+        # A generated image anchors a sample only when it is a re-posed target (a repose step's, kept by
+        # repose_check): its one subject of ``label``, referenced from the photo's ``parent_subject_id``.
+        # An insert step's edit never does (targets are real photos or re-posed ones); it serves as a
+        # group mate's reference and as a distractor source.
+        self.reposed: dict[str, tuple[str, str]] = {}
+        for i in self.image_ids:
+            g = images[i].get("generation")
+            if isinstance(g, dict) and g.get("use") == "repose":
+                self.reposed[i] = (str(g["label"]), str(g["parent_subject_id"]))
         self.anchor_ids = [
-            i for i in self.image_ids if (anchors is None or i in anchors) and not images[i].get("generation")
+            i
+            for i in self.image_ids
+            if (anchors is None or i in anchors) and (not images[i].get("generation") or i in self.reposed)
         ]
         # Group sources: an image without a group_id is a group of its own. Frames of one video show
         # the same objects, so "elsewhere" (distractor look-alikes) means outside the whole group.

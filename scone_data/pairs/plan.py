@@ -28,9 +28,12 @@ def task_quotas(mix: dict[str, float], n: int) -> dict[str, int]:
     return dict(zip(mix, largest_remainder([w * n for w in mix.values()], n)))
 
 
-def sample_key(seed: int, task: str, refs: list[ReferencePlan]) -> tuple[str, int]:
-    """16-hex key over the seed, task and every candidate of every reference, and an integer plan seed."""
+def sample_key(seed: int, task: str, refs: list[ReferencePlan], target: str | None = None) -> tuple[str, int]:
+    """16-hex key over the seed, task and every candidate of every reference, and an integer plan seed.
+    ``target``: a re-posed target's image id, which the key holds too (its references are those of a
+    sample of its photo; a photo's own target is known from its references and is left out)."""
     parts = [str(seed), task] + [",".join(c.subject_id for c in r.candidates) + f"/{r.kind}" for r in refs]
+    parts += [f"target={target}"] if target is not None else []
     h = hashlib.sha256("|".join(parts).encode()).hexdigest()
     return h[:16], int(h[16:32], 16) & (2**63 - 1)
 
@@ -93,7 +96,7 @@ def plan_from_index(
                 rejects[out] += 1
                 continue
             refs, targets, names, (tw, th), crop, scene = out
-            key, seed = sample_key(cfg.seed, task, refs)
+            key, seed = sample_key(cfg.seed, task, refs, image_id if image_id in bank.reposed else None)
             if key in keys:
                 rejects["duplicate_sample"] += 1
                 continue

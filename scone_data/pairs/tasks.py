@@ -77,7 +77,9 @@ class TaskPlanner:
         need = self.cfg.min_references if "multi" in task else 1
         out = []
         for image_id in self.bank.anchor_ids:
-            subs = self.bank.by_image[image_id]
+            subs = self._anchor_subjects(image_id)
+            if image_id in self.bank.reposed and "multi" in task:
+                continue  # one re-posed subject per generated target
             if task.startswith("composition"):
                 ok = len(subs) >= need
             elif task.endswith("cross"):
@@ -97,10 +99,19 @@ class TaskPlanner:
         in_image = self.cfg.crop_prob > 0 and sum(1 for o in subs if o.label == b.label) >= 2
         return in_image or self.bank.count_elsewhere(b) > 0
 
+    def _anchor_subjects(self, image_id: str) -> list[BankSubject]:
+        """The subjects a sample anchored on ``image_id`` may intend: all of a photo's; of a re-posed
+        target, only its subjects of the re-posed label (repose_check kept exactly one)."""
+        subs = self.bank.by_image[image_id]
+        if image_id in self.bank.reposed:
+            label = self.bank.reposed[image_id][0]
+            subs = [b for b in subs if b.label == label]
+        return subs
+
     # ---- one draw --------------------------------------------------------------------------------------
     def plan(self, task: str, image_id: str, rng: random.Random, label_uses: Counter):
         """``(references, target_boxes, names, (target_w, target_h))`` or a reject reason."""
-        cfg, subs = self.cfg, self.bank.by_image[image_id]
+        cfg, subs = self.cfg, self._anchor_subjects(image_id)
         self.notes = Counter()
         k = rng.randint(cfg.min_references, cfg.max_references) if "multi" in task else 1
         cap = cfg.max_samples_per_label
@@ -123,7 +134,19 @@ class TaskPlanner:
         if isinstance(crop, str):
             return crop
         refs, names = [], []
+        reposed = self.bank.reposed.get(image_id)
         for b in intended:
+            if reposed is not None:
+                # a re-posed target's reference is always the real photo's subject it was made from
+                parent = self.bank.by_id.get(reposed[1])
+                if parent is None:
+                    return "repose_parent_unusable"
+                out = self._reference(task, parent, subs, rng)
+                if isinstance(out, str):
+                    return out
+                refs.append(replace(out[0], source="group"))
+                names.append(name_subject(out[1], len(names)))
+                continue
             mate = self._group_mate(b, rng)
             out = self._reference(task, mate, subs, rng) if mate is not None else "no_group_mate"
             if isinstance(out, str):

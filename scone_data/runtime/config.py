@@ -138,6 +138,7 @@ def settings_hash(*parts: Any) -> str:
     def plain(o: Any) -> Any:
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             skip = set(getattr(o, "execution_fields", ())) | set(getattr(o, "hashed_apart", ()))
+            skip |= {k for k in getattr(o, "omitted_when_none", ()) if getattr(o, k) is None}
             fs = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.init and f.name not in skip}
             return {"__class__": type(o).__qualname__, **fs}
         return o

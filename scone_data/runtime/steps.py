@@ -187,11 +187,20 @@ def make_stages(steps: list, problems: list[str]) -> list:
         adders = [t for t, c in sorted(types.items()) if col in c.adds]
         return f"{col}: added by {' or '.join(adders) or 'no step'}"
 
-    for cls, label in classes:
+    adders: list[str] = []  # names of the earlier steps that append rows
+    for (cls, label), stage in zip(classes, stages):
         missing = [c for c in cls.needs if c not in have]
         if missing:
             why = "; ".join(added_by(c) for c in missing)
             problems.append(f"{label}: reads {', '.join(missing)}, which no step before it adds ({why})")
+        only = getattr(stage, "only_added_by", None)
+        if only is not None and only not in adders:
+            problems.append(
+                f"{label}.only_added_by: {only!r} is not an earlier step that adds rows "
+                f"(earlier: {', '.join(adders) or 'none'})"
+            )
+        if cls.adds_rows:
+            adders.append(cls.name)
         have |= set(cls.adds)
     missing = [c for c in BANK_NEEDS if c not in have]
     if missing:

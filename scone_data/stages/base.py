@@ -8,7 +8,10 @@ of rows; it rejects a row by setting its ``status``/``reason`` (or by calling :f
 step that makes new images (``adds_rows = True``: the insertion step's edited photos) may return
 more rows: the new ones come after the rows it was given, with ``added_by`` set to its name (the
 executor counts a unit's rows from its reader without them).
-Rejected rows pass through later stages untouched, so nothing is ever silently dropped.
+Rejected rows pass through later stages untouched, so nothing is ever silently dropped. A step
+with ``only_added_by: <step>`` sees only the ok rows that step appended (a second detect, sam and
+subjects pass over the re-posed targets of :mod:`scone_data.stages.repose`); the other rows pass it
+untouched too.
 
 Counting, timing, lazy ``setup()`` and the ok/rejected split live here, not in subclasses.
 Settings are dataclass fields: cheap and picklable, so Ray can ship the stage to its workers;
@@ -77,6 +80,12 @@ class Stage:
         "compile",
         "verify_sha256",
     )
+    # settings left out of settings() and of config hashes while None, so that adding one to the base
+    # class leaves every existing pipeline's hashes as they were
+    omitted_when_none: ClassVar[tuple[str, ...]] = ("only_added_by",)
+
+    # run only on the rows the named earlier step appended (adds_rows); None: every ok row
+    only_added_by: str | None = None
 
     def __post_init__(self) -> None:
         self._ready = False
@@ -100,7 +109,11 @@ class Stage:
     # -- machinery -----------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments, as plain data (used for config hashes and manifests)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.init and not (f.name in self.omitted_when_none and getattr(self, f.name) is None)
+        }
 
     def __call__(self, batch: Batch) -> Batch:
         if not self._ready:
@@ -113,6 +126,9 @@ class Stage:
         batch.setdefault("reason", [""] * n)
         batch.setdefault("rejected_by", ["" if s == OK else "source" for s in batch["status"]])
         ok_idx = [i for i in range(n) if batch["status"][i] == OK]
+        if self.only_added_by is not None:
+            added_by = batch.get(ADDED_BY) or [None] * n
+            ok_idx = [i for i in ok_idx if added_by[i] == self.only_added_by]
         new: list[int] = []  # rows this stage appended
         if ok_idx:
             if len(ok_idx) == n:

@@ -34,6 +34,18 @@ EDIT_ARCHS = ("qwen_image_edit", "flux1_kontext_dev")
 PIPELINES = {"qwen_image_edit": "QwenImageEditPipeline", "flux1_kontext_dev": "FluxKontextPipeline",
              "tiny": "FluxKontextPipeline"}  # fmt: skip
 NO_PROMPT = "no_edit_prompt: empty instruction"
+ID_MAX = 64  # source_image.v1.json's image_id pattern: ^[A-Za-z0-9_-]{1,64}$
+
+
+def generated_id(image_id: str, suffix: str) -> str:
+    """A generated image's id: ``{image_id}-{suffix}``; a long id is shortened by a hash of it."""
+    import hashlib
+
+    out = f"{image_id}-{suffix}"
+    if len(out) <= ID_MAX:
+        return out
+    h = hashlib.sha256(image_id.encode()).hexdigest()[:16]
+    return f"{image_id[: ID_MAX - len(suffix) - 18]}-{h}-{suffix}"
 
 
 @dataclass

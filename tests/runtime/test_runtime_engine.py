@@ -15,6 +15,7 @@ from scone_data.runtime.config import load_config
 from scone_data.shards.output import Output
 
 INSERT_REASONS = ("insert_count", "insert_side", "insert_no_original", "insert_parent_rejected")
+REPOSE_REASONS = ("repose_count", "repose_unlike", "repose_no_original", "repose_parent_rejected")
 
 
 def _cfg(repo_root, out, executor="local", extra=()):
@@ -32,15 +33,18 @@ def test_generated_images_are_checked_and_every_outcome_recorded(local, capsys):
     out, manifest = local
     bank = Bank(out)
     photos = [r for r in bank.images.values() if r.get("generation") is None]
-    kept = [r for r in bank.images.values() if r.get("generation") is not None]
     rows = [r for r in bank.rejects() if not r["reason"].startswith("subject_")]  # row rejects
-    checked = [r for r in rows if r["stage"] == "insert_check"]
-    generated = {r["image_id"] for r in rows if r["uri"].endswith("#insert")}
-    # every demo photo names a label, so each got one generated mate: kept, or a row reject
-    assert len(photos) == 9 and len(kept) + len(generated) == 9
-    assert checked and all(r["reason"] in INSERT_REASONS and r["detail"] for r in checked)
-    for r in checked:
-        assert r["uri"].endswith("#insert") and manifest["rejects"][r["reason"]] >= 1
+    for use, suffix, step, reasons in (("insertion", "#insert", "insert_check", INSERT_REASONS),
+                                       ("repose", "#repose", "repose_check", REPOSE_REASONS)):  # fmt: skip
+        kept = [r for r in bank.images.values() if (r.get("generation") or {}).get("use") == use]
+        checked = [r for r in rows if r["stage"] == step]
+        generated = {r["image_id"] for r in rows if r["uri"].endswith(suffix)}
+        # every demo photo names a label and has subjects, so each got one generated mate of each
+        # kind: kept, or a row reject
+        assert len(photos) == 9 and len(kept) + len(generated) == 9, use
+        assert checked and all(r["reason"] in reasons and r["detail"] for r in checked)
+        for r in checked:
+            assert r["uri"].endswith(suffix) and manifest["rejects"][r["reason"]] >= 1
     for r in photos:  # the photo is in the group of its generated mate; never rejected by the check
         assert r["group_id"] == r["image_id"]
     print("kept", len(kept), "rejected", sorted((r["reason"], r["detail"]) for r in rows))
@@ -114,7 +118,13 @@ def test_the_real_engine_pipeline_lacks_only_its_weights_and_photos(repo_root):
         "sam",
         "subjects",
         "insert_check",
+        "repose",
+        "detect",
+        "sam",
+        "subjects",
+        "repose_check",
     ]
+    assert [s.only_added_by for s in stages][-4:-1] == ["repose"] * 3
     env = [p for p in problems if "weights fetch" in p or "is not a folder" in p]
     assert [p for p in problems if p not in env] == []
     for name in ("qwen2_5_vl_7b_instruct", "qwen_image_edit", "groundingdino_swint_ogc", "sam_vit_h"):

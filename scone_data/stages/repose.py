@@ -1,0 +1,257 @@
+"""Re-posed targets (the anti-copy-paste targets of UNO, OmniGen2 and Echo-4o) as two bank steps:
+``repose`` (after subjects) and ``repose_check`` (after a second detect, segment and subjects pass over
+what ``repose`` made).
+
+``repose`` (:class:`ReposeTargets`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok photo
+with subjects (not an image another step generated), its largest subject (mask area, then subject id)
+is cut out by its mask, laid on a plain square canvas (``canvas_side`` pixels, the subject's longer side
+``subject_frac`` of it) and the edit model is asked to show it in a scene drawn from the prompt file
+(``prompts/repose.<version>.txt``: the instruction, the caption and the scenes): "Show the mug of this
+picture on a sandy beach. Keep the mug exactly as in the picture, in a new pose and from a new
+viewpoint." Scene and seed
+are drawn from the step's ``seed`` and the photo's id, so they are the same whatever the executor. The
+generated image becomes a **new row** after the unit's rows: a group mate of the photo (``image_id``
+``{id}-rep``, ``uri`` ``{uri}#repose``, ``group_id`` the photo's group or else its id, which the photo
+gets too), PNG bytes, ``caption`` "The mug on a sandy beach." (the sample's instruction is woven from it),
+``subject_tags`` the label (so the detector looks for it), and ``generation`` the edit's provenance
+(model, weights digest, prompt, seed, steps, guidance) with ``parent_image_id``, ``parent_subject_id``,
+``label``, ``scene``, ``cutout_box`` and the prompt file's name, version and digest.
+
+The generated image has no subjects yet: the pipeline lists ``detect``, ``sam`` and ``subjects`` again
+with ``only_added_by: repose`` (they see only these rows), then ``repose_check``
+(:class:`ReposeCheck`): a generated row stays only when it holds exactly one instance of the label,
+kept or dropped by the subjects step (``repose_count: 2 != 1 mug``: planning keeps every instance of a
+named label out of a target, so a second one would make the target unusable) whose colours inside its mask match the parent subject's (hue x
+saturation histogram intersection at least ``min_similarity``, else ``repose_unlike: 0.31 < 0.50
+mug``); ``repose_parent_rejected`` and ``repose_no_original`` when the photo or its subject is gone.
+
+The planner (:mod:`scone_data.pairs.tasks`) lets a kept re-posed image anchor single-subject samples
+of every task: its intended subject is the re-posed one and that subject's reference is always cut from
+the **real photo** (the parent subject), never from the generated target. The generated images are
+stored in the bank, so ``regen`` never edits.
+
+Limits: one re-posed target per photo, of its largest subject; the scene list is generic (places any
+object, animal or person can be in); the colour check cannot tell two same-coloured objects apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
+from scone_data.stages.edit import ImageEdit, generated_id
+from scone_data.stages.model_stage import is_rgb_uint8
+
+SUFFIX = "rep"
+
+
+@dataclass(frozen=True)
+class ReposeText:
+    """The prompt file's three parts: the edit instruction, the caption, the scenes."""
+
+    prompt: str
+    caption: str
+    scenes: tuple[str, ...]
+    info: dict
+
+
+def load_repose_text(version: str) -> ReposeText:
+    """``prompts/repose.<version>.txt`` read into its parts (ValueError naming what is missing)."""
+    from scone_data.stages.vlm import load_prompt
+
+    p = load_prompt("repose", version)
+    parts: dict[str, list[str]] = {"prompt": [], "caption": [], "scene": []}
+    for line in p.text.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() in parts and val.strip():
+            parts[key.strip()].append(val.strip())
+    bad = [k for k, v in parts.items() if not v or (k != "scene" and len(v) > 1)]
+    if bad:
+        raise ValueError(f"prompts/repose.{version}.txt: needs one prompt:, one caption: and scene: lines")
+    for k in ("prompt", "caption"):
+        if "{label}" not in parts[k][0] or "{scene}" not in parts[k][0]:
+            raise ValueError(f"prompts/repose.{version}.txt: its {k} must name {{label}} and {{scene}}")
+    return ReposeText(parts["prompt"][0], parts["caption"][0], tuple(parts["scene"]), p.info())
+
+
+def _draw(seed: int, image_id: str, n_scenes: int) -> tuple[int, int]:
+    """(scene index, edit seed) for one photo: a hash of the step's seed and the photo's id."""
+    d = hashlib.sha256(f"repose|{int(seed)}|{image_id}".encode()).digest()
+    return int.from_bytes(d[0:4], "big") % n_scenes, int.from_bytes(d[4:8], "big") & 0x7FFFFFFF
+
+
+def largest_subject(subjects: list[dict]) -> dict | None:
+    """The subject with the largest mask (``area_frac``), ties by subject id; None when there is none."""
+    subs = [s for s in subjects or [] if isinstance(s, dict) and s.get("mask_rle")]
+    return min(subs, key=lambda s: (-float(s.get("area_frac") or 0.0), s["subject_id"]), default=None)
+
+
+def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int, frac: float,
+                  background: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:  # fmt: skip
+    """The subject of ``mask`` cut from ``image`` and centred on a ``side`` x ``side`` plain canvas, its
+    longer side ``frac`` of the canvas; returns (canvas (side, side, 3) uint8, its box in the photo)."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        raise ValueError("empty mask")
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    w, h = x1 - x0, y1 - y0
+    s = frac * side / max(w, h)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    rgb = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).resize(
+        (nw, nh), Image.Resampling.LANCZOS
+    )
+    alpha = Image.fromarray((mask[y0:y1, x0:x1] > 0).astype(np.uint8) * 255).resize(
+        (nw, nh), Image.Resampling.BILINEAR
+    )
+    a = np.asarray(alpha, dtype=np.float32)[..., None] / 255.0
+    canvas = np.empty((side, side, 3), np.float32)
+    canvas[:] = np.asarray(background, np.float32)
+    ox, oy = (side - nw) // 2, (side - nh) // 2
+    region = canvas[oy : oy + nh, ox : ox + nw]
+    canvas[oy : oy + nh, ox : ox + nw] = np.asarray(rgb, np.float32) * a + region * (1 - a)
+    return canvas.round().astype(np.uint8), (x0, y0, x1, y1)
+
+
+@register_stage
+@dataclass
+class ReposeTargets(ImageEdit):
+    """The ``repose`` bank step (module docstring); the model settings are :class:`ImageEdit`'s."""
+
+    name: ClassVar[str] = "repose"
+    type: ClassVar[str] = "repose"
+    needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "width", "height", "subjects")
+    adds: ClassVar[dict[str, str]] = {"generation": "json", "group_id": "value"}
+    adds_rows: ClassVar[bool] = True
+
+    prompt_version: str = "v1"  # prompts/repose.<version>.txt: instruction, caption, scenes
+    canvas_side: int = 1024  # the edit's input and output side (a multiple of 16)
+    subject_frac: float = 0.6  # the cut-out's longer side on the canvas
+    background: list[int] = field(default_factory=lambda: [255, 255, 255])
+
+    def validate(self) -> list[str]:
+        out = super().validate()
+        try:
+            load_repose_text(self.prompt_version)
+        except (OSError, ValueError) as e:
+            out.append(f"prompt_version: {e}")
+        if int(self.canvas_side) < 16 or int(self.canvas_side) % 16:
+            out.append(f"canvas_side: {self.canvas_side} must be a multiple of 16, at least 16")
+        if not 0.1 <= float(self.subject_frac) <= 1.0:
+            out.append(f"subject_frac: {self.subject_frac} must be in [0.1, 1]")
+        if len(self.background) != 3 or any(not 0 <= int(v) <= 255 for v in self.background):
+            out.append(f"background: {self.background!r} must be three values in 0..255")
+        return out
+
+    def setup(self) -> None:
+        super().setup()
+        self._text = load_repose_text(self.prompt_version)
+
+    def process(self, batch: Batch) -> Batch:
+        from scone_data.imageio import encode_png, rle_to_mask
+
+        self._ensure()
+        n, text = len(batch["status"]), self._text
+        for col in ("group_id", "generation", ADDED_BY):
+            batch.setdefault(col, [None] * n)  # every unit's block gets the columns (see insert)
+        todo = []  # (row, subject, scene, seed, canvas, box)
+        for i in range(n):
+            if batch[ADDED_BY][i] is not None or not is_rgb_uint8(batch["image"][i]):
+                continue  # a generated image is never re-posed again; a bad image has no subjects
+            sub = largest_subject(batch["subjects"][i])
+            if sub is None:
+                continue
+            k, seed = _draw(self.seed, batch["image_id"][i], len(text.scenes))
+            canvas, box = cutout_canvas(batch["image"][i], rle_to_mask(sub["mask_rle"]), int(self.canvas_side),
+                                        float(self.subject_frac), tuple(int(v) for v in self.background))  # fmt: skip
+            todo.append((i, sub, text.scenes[k], seed, canvas, box))
+        prompts = [text.prompt.format(label=s["label"], scene=scene) for _, s, scene, _, _, _ in todo]
+        res = self.edit_many("repose", [t[4] for t in todo], prompts, [t[3] for t in todo])
+        for (i, sub, scene, _, _, box), (img, prov) in zip(todo, res):
+            group = batch["group_id"][i] or batch["image_id"][i]
+            batch["group_id"][i] = group
+            label = sub["label"]
+            prov = {**prov, "parent_image_id": batch["image_id"][i], "parent_subject_id": sub["subject_id"],
+                    "label": label, "scene": scene, "cutout_box": list(box),
+                    "canvas_side": int(self.canvas_side), "subject_frac": float(self.subject_frac),
+                    **{f"repose_{k}": v for k, v in text.info.items()}}  # fmt: skip
+            h, w = img.shape[:2]
+            row = {c: v[i] for c, v in batch.items()}
+            row.update(
+                image=img, image_bytes=encode_png(img), width=w, height=h,
+                image_id=generated_id(row["image_id"], SUFFIX), uri=f"{row['uri']}#repose", group_id=group,
+                caption=text.caption.format(label=label, scene=scene), subject_tags=[label],
+                caption_provenance=None, subjects=[], subject_rejects=[], annotations=None, generation=prov,
+                status=OK, reason="", rejected_by="", **{ADDED_BY: self.name},
+            )  # fmt: skip
+            for c in row:
+                batch.setdefault(c, [None] * n).append(row.get(c))
+        return batch
+
+
+def masked_similarity(img_a: np.ndarray, sub_a: dict, img_b: np.ndarray, sub_b: dict) -> float:
+    """Hue x saturation histogram intersection (0..1) of the pixels inside two subjects' masks."""
+    from scone_data.imageio import rle_to_mask
+    from scone_data.pairs.distractors import color_histogram
+
+    ha = color_histogram(img_a, rle_to_mask(sub_a["mask_rle"]))
+    hb = color_histogram(img_b, rle_to_mask(sub_b["mask_rle"]))
+    return float(np.minimum(ha, hb).sum())
+
+
+@register_stage
+@dataclass
+class ReposeCheck(Stage):
+    """The ``repose_check`` bank step (module docstring): keeps a re-posed image only where the second
+    detect/segment pass found exactly one subject of the label, coloured like the photo's."""
+
+    name: ClassVar[str] = "repose_check"
+    type: ClassVar[str] = "repose_check"
+    needs: ClassVar[tuple[str, ...]] = ("image", "subjects", "generation")
+
+    min_similarity: float = 0.5  # as pairs.group_min_similarity: the same measure, the same floor
+
+    def validate(self) -> list[str]:
+        return (
+            []
+            if 0 <= float(self.min_similarity) <= 1
+            else [f"min_similarity: {self.min_similarity} not in [0, 1]"]
+        )
+
+    def process(self, batch: Batch) -> Batch:
+        n = len(batch["status"])
+        gen = batch.get("generation", [None] * n)
+        row_of = {batch["image_id"][i]: i for i in range(n) if gen[i] is None}
+        for i in range(n):
+            g = gen[i]
+            if not isinstance(g, dict) or g.get("use") != "repose":
+                continue
+            j = row_of.get(g["parent_image_id"])
+            if j is None:  # rejected before (only ok rows reach a step)
+                reject(batch, i, f"repose_parent_rejected: {g['parent_image_id']}")
+                continue
+            parent = next(
+                (s for s in batch["subjects"][j] if s["subject_id"] == g["parent_subject_id"]), None
+            )
+            if parent is None:
+                reject(batch, i, f"repose_no_original: {g['parent_subject_id']}")
+                continue
+            label = g["label"]
+            found = [s for s in batch["subjects"][i] if s["label"] == label]
+            # a dropped instance keeps its box, and planning keeps every target free of such instances
+            dropped = [
+                s for s in batch.get("subject_rejects", [None] * n)[i] or [] if s.get("label") == label
+            ]
+            if len(found) + len(dropped) != 1:
+                why = f" ({len(dropped)} dropped by subjects)" if dropped else ""
+                reject(batch, i, f"repose_count: {len(found) + len(dropped)} != 1 {label}{why}")
+                continue
+            sim = masked_similarity(batch["image"][j], parent, batch["image"][i], found[0])
+            if sim < self.min_similarity:
+                reject(batch, i, f"repose_unlike: {sim:.2f} < {self.min_similarity:.2f} {label}")
+        return batch
