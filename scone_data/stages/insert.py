@@ -4,26 +4,43 @@
 ``insert`` (:class:`InsertDistractors`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok
 row that names a label (:meth:`InsertDistractors.label_of`: a caption label its annotations have,
 else the caption's first vocabulary label, as the detector reads captions, else its first
-``subject_tags`` entry), the edit model is asked "add another {label} to the
-{left|right} of the {label}" with a seed of its own; side and seed are drawn from the row's
-``image_id`` and the step's ``seed``, so they are the same whatever the executor. The edited image
-becomes a **new row** after the unit's rows: a generated group mate of the photo (``image_id``
-``{id}-ins``, ``uri`` ``{uri}#insert``, the photo's source, license, caption and tags, ``group_id`` the
-photo's group or else the photo's id, which the photo gets too: its split does not change), its
-bytes PNG-encoded (lossless), its ``generation`` the edit's provenance (model, weights digest,
-prompt, seed, steps, guidance, parent, label, side). It has no subjects yet: the detector and the
-segmenter find them like any photo's (its ``subject_tags`` are the photo's plus the wanted label, so a
-detector without fixed labels looks for it). Rows that name no label are left as they are.
+``subject_tags`` entry), the edit model is asked to insert candidates beside it, with a seed of its
+own (:meth:`InsertDistractors.plan`):
 
-``insert_check`` (:class:`InsertCheck`): each generated row is compared with its photo (same unit):
-it stays only if it holds exactly one more instance of the wanted label than the photo kept and
-that extra instance (the one no instance of the photo overlaps best, boxes scaled to the generated
-image) has its box centre on the asked side of the nearest original one. Else it is rejected
-(``insert_count: 1 != 2 dog``, ``insert_side: ...``, ``insert_no_original``,
-``insert_parent_rejected``), a bank reject record like any other. The photo is never rejected here.
+- look-alikes, ``count`` of them, count drawn in [1, ``max_count``] (at most 3): "add another
+  {label} to the {left|right} of the {label}" (``prompt``) for one, "add two more {labels} to the
+  ..." (``prompt_many``, ``{labels}`` the plural) for more;
+- with probability ``cross_prob``, one instance of **another category** instead: "add a cat to the
+  right of the dog" (``cross_prompt``, "a"/"an" as the word sounds), the other label drawn from
+  ``cross_labels`` less the labels the photo already shows (caption, tags, given subjects, its
+  label); none left: look-alikes as above.
 
-Limits: one inserted look-alike per photo, of the same label (cross-category insertion is not
-done), left or right only. The generated images are stored in the bank, so ``regen`` never edits.
+Side, seed, count, cross or not and the other label are drawn from separate bytes of one hash of
+the row's ``image_id`` and the step's ``seed``, so they are the same whatever the executor or the
+batch, and with ``max_count: 1``, ``cross_prob: 0`` (the defaults) as they were before either
+existed. The edited image becomes a **new row** after the unit's rows: a generated group mate of the
+photo (``image_id`` ``{id}-ins``, ``uri`` ``{uri}#insert``, the photo's source, license, caption and
+tags, ``group_id`` the photo's group or else the photo's id, which the photo gets too: its split
+does not change), its bytes PNG-encoded (lossless), its ``generation`` the edit's provenance (model,
+weights digest, prompt, seed, steps, guidance, parent, ``label`` the photo's label, ``side``,
+``count``, ``inserted_label``: ``label`` for look-alikes, the other label for a cross insertion).
+It has no subjects yet: the detector and the segmenter find them like any photo's (its
+``subject_tags`` are the photo's plus the label and the inserted label, so a detector without fixed
+labels looks for both). Rows that name no label are left as they are.
+
+``insert_check`` (:class:`InsertCheck`, :func:`check_insertion`): each generated row is compared with
+its photo (same unit): it stays only if it holds exactly ``count`` more instances of the inserted
+label than the photo kept, the photo kept its label, and every extra instance (one that no instance
+of the photo overlaps best, boxes scaled to the generated image) has its box centre on the asked
+side of the nearest original instance of the label. Else it is rejected (``insert_count: 1 != 2
+dog``, ``insert_side: ...``, ``insert_no_original``, ``insert_parent_rejected``), a bank reject
+record like any other. A generation record without ``count``/``inserted_label`` (a bank written
+before them) reads as one look-alike. The photo is never rejected here.
+
+Limits: one to three look-alikes, or one instance of one other category, per photo (not several
+categories at once, not a mix of look-alikes and others); left or right only (not above, below,
+behind, "on the sofa"); the other category is chosen from a fixed list less what the row names, not
+by what fits the scene. The generated images are stored in the bank, so ``regen`` never edits.
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from scone_data.pairs.instructions import plural
 from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
 from scone_data.stages.edit import ImageEdit
 from scone_data.stages.model_stage import is_rgb_uint8
@@ -52,10 +70,46 @@ def child_id(image_id: str) -> str:
     return f"{image_id[: ID_MAX - 21]}-{h}-ins"
 
 
+# COCO labels (the detector's default vocabulary, so it finds them) of small things that sit
+# plausibly beside most subjects, indoors or out: pets, tableware, desk and shelf things, toys. Not
+# people (a person inserted by an edit is a privacy and consent matter), not vehicles or furniture
+# (too big to stand "beside a cup"), not food that only belongs on a plate.
+CROSS_LABELS = ("cat", "dog", "cup", "bottle", "book", "vase", "potted plant", "teddy bear",
+                "sports ball", "apple", "bowl", "backpack")  # fmt: skip
+COUNT_WORDS = ("zero", "one", "two", "three")
+MAX_COUNT = 3
+
+
+def _digest(seed: int, image_id: str) -> bytes:
+    """The sha256 every draw of one photo reads its own bytes of: byte 0 the side, bytes 1..4 the
+    edit seed, byte 5 the count, byte 6 whether the insertion is cross-category, bytes 7..8 the
+    other label (so a new draw never moves an old one)."""
+    return hashlib.sha256(f"insert|{int(seed)}|{image_id}".encode()).digest()
+
+
 def _draw(seed: int, image_id: str) -> tuple[int, int]:
     """(side index, edit seed) for one photo: a hash of the step's seed and the photo's id."""
-    d = hashlib.sha256(f"insert|{int(seed)}|{image_id}".encode()).digest()
+    d = _digest(seed, image_id)
     return d[0] % 2, int.from_bytes(d[1:5], "big") & 0x7FFFFFFF
+
+
+def article(word: str) -> str:
+    """The article before ``word`` by its sound, near enough for labels: "an apple", "an umbrella",
+    "a cup", "a unicycle", "a one-way sign", "an hour"."""
+    w = word.strip().lower()
+    if w.startswith(("uni", "use", "usu", "eu", "one", "once")):
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") or w.startswith(("hour", "honest", "heir")) else "a"
+
+
+def with_article(template: str, other: str) -> str:
+    """``template`` with the article before ``{other}`` ("a {other}", "an {other}") matching ``other``."""
+
+    def fix(m: re.Match) -> str:
+        a = article(other)
+        return (a.capitalize() if m.group(1)[0].isupper() else a) + " {other}"
+
+    return re.sub(r"\b(an?|An?) \{other\}", fix, template)
 
 
 def fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -73,7 +127,9 @@ def fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
 @register_stage
 @dataclass
 class InsertDistractors(ImageEdit):
-    """The ``insert`` bank step (module docstring); the model settings are :class:`ImageEdit`'s."""
+    """The ``insert`` bank step (module docstring): one to ``max_count`` look-alikes of the photo's
+    label, or (``cross_prob``) one instance of a ``cross_labels`` label the photo does not show,
+    beside it; the model settings are :class:`ImageEdit`'s."""
 
     name: ClassVar[str] = "insert"
     type: ClassVar[str] = "insert"
@@ -86,6 +142,11 @@ class InsertDistractors(ImageEdit):
     use_tags: bool = True  # no caption label: the first subject tag
     sides: list[str] = field(default_factory=lambda: list(SIDES))
     max_side: int | None = 1024  # the photo is shrunk to this longer side before the edit; null: as is
+    max_count: int = 1  # look-alikes inserted per photo: a count drawn in [1, max_count] (at most 3)
+    prompt_many: str = "add {count} more {labels} to the {side} of the {label}"  # count > 1
+    cross_prob: float = 0.0  # share of photos that get one instance of another label instead
+    cross_labels: list[str] = field(default_factory=lambda: list(CROSS_LABELS))
+    cross_prompt: str = "add a {other} to the {side} of the {label}"  # "a {other}": "an" as it sounds
 
     def validate(self) -> list[str]:
         from scone_data.models.vocab import VOCABULARIES
@@ -100,6 +161,19 @@ class InsertDistractors(ImageEdit):
             out.append(f"prompt: {self.prompt!r} must name {{label}} and {{side}}")
         if self.max_side is not None and int(self.max_side) < 16:
             out.append(f"max_side: {self.max_side} must be >= 16 (or null)")
+        if not isinstance(self.max_count, int) or not 1 <= self.max_count <= MAX_COUNT:
+            out.append(f"max_count: {self.max_count!r} must be an integer in 1..{MAX_COUNT}")
+        elif self.max_count > 1 and ("{side}" not in self.prompt_many or "{count}" not in self.prompt_many):
+            out.append(f"prompt_many: {self.prompt_many!r} must name {{count}} and {{side}}")
+        if not isinstance(self.cross_prob, (int, float)) or not 0.0 <= self.cross_prob <= 1.0:
+            out.append(f"cross_prob: {self.cross_prob!r} must be in 0..1")
+        elif self.cross_prob > 0:
+            if not self.cross_labels or any(
+                not isinstance(x, str) or not x.strip() for x in self.cross_labels
+            ):
+                out.append(f"cross_labels: {self.cross_labels!r}; a non-empty list of labels")
+            if "{other}" not in self.cross_prompt or "{side}" not in self.cross_prompt:
+                out.append(f"cross_prompt: {self.cross_prompt!r} must name {{other}} and {{side}}")
         return out
 
     def setup(self) -> None:
@@ -127,6 +201,38 @@ class InsertDistractors(ImageEdit):
                     return x.strip().lower()
         return None
 
+    def shown(
+        self, label: str, caption: str | None, tags: list[str] | None, given: list[dict] | None
+    ) -> set[str]:
+        """The labels a photo already shows, as far as the row says: its caption's vocabulary labels,
+        its tags' (as vocabulary labels when known), its given subjects' labels and ``label``."""
+        out = {label, *(x.strip().lower() for x in self._matcher.match(caption) if x and x.strip())}
+        out |= {str(s.get("label", "")).strip().lower() for s in given or [] if isinstance(s, dict)}
+        for tag in tags or []:
+            out |= {x.strip().lower() for x in self._matcher.match(tag) or [tag] if x and x.strip()}
+        return out
+
+    def plan(self, image_id: str, label: str, shown: set[str]) -> tuple[str, int, int, str, str]:
+        """(side, edit seed, count, inserted label, prompt) for one photo, drawn from its digest: a
+        cross-category insertion (one instance of a cross label the photo does not show) with
+        probability ``cross_prob``, else ``count`` look-alikes of ``label``, count in [1, max_count]."""
+        d = _digest(self.seed, image_id)
+        k, seed = _draw(self.seed, image_id)
+        side = self.sides[k % len(self.sides)]
+        if d[6] < self.cross_prob * 256:
+            others = [
+                x for x in dict.fromkeys(x.strip().lower() for x in self.cross_labels) if x not in shown
+            ]
+            if others:
+                other = others[int.from_bytes(d[7:9], "big") % len(others)]
+                prompt = with_article(self.cross_prompt, other).format(label=label, side=side, other=other)
+                return side, seed, 1, other, prompt
+        n = 1 + d[5] % max(1, int(self.max_count))
+        if n == 1:
+            return side, seed, 1, label, self.prompt.format(label=label, side=side)
+        text = self.prompt_many.format(count=COUNT_WORDS[n], labels=plural(label), label=label, side=side)
+        return side, seed, n, label, text
+
     def process(self, batch: Batch) -> Batch:
         n = len(batch["status"])
         caption = batch.get("caption", [None] * n)
@@ -135,30 +241,32 @@ class InsertDistractors(ImageEdit):
         # dataset are best kept to one set of columns
         for col in ("group_id", "generation", ADDED_BY):
             batch.setdefault(col, [None] * n)
-        todo = []  # (row, label, side, seed, photo)
+        todo = []  # (row, label, side, seed, photo, count, inserted label, prompt)
         for i in range(n):
             if batch.get(ADDED_BY, [None] * n)[i] is not None or not is_rgb_uint8(batch["image"][i]):
                 continue  # a generated row is not edited again; a bad image is the detector's to reject
-            label = self.label_of(caption[i], tags[i], batch.get("subjects", [None] * n)[i])
+            given = batch.get("subjects", [None] * n)[i]
+            label = self.label_of(caption[i], tags[i], given)
             if label is None:
                 continue
-            k, seed = _draw(self.seed, batch["image_id"][i])
-            side = self.sides[k % len(self.sides)]
-            todo.append((i, label, side, seed, fit(batch["image"][i], self.max_side)))
-        prompts = [self.prompt.format(label=lab, side=side) for _, lab, side, _, _ in todo]
-        res = self.insert([t[4] for t in todo], prompts, [t[3] for t in todo])
+            shown = self.shown(label, caption[i], tags[i], given) if self.cross_prob > 0 else {label}
+            side, seed, count, other, prompt = self.plan(batch["image_id"][i], label, shown)
+            todo.append((i, label, side, seed, fit(batch["image"][i], self.max_side), count, other, prompt))
+        res = self.insert([t[4] for t in todo], [t[7] for t in todo], [t[3] for t in todo])
         from scone_data.imageio import encode_png
 
-        for (i, label, side, _, photo), (img, prov) in zip(todo, res):
+        for (i, label, side, _, photo, count, other, _), (img, prov) in zip(todo, res):
             group = batch["group_id"][i] or batch["image_id"][i]
             batch["group_id"][i] = group
             h, w = img.shape[:2]
             prov = {**prov, "parent_image_id": batch["image_id"][i], "label": label, "side": side,
+                    "count": count, "inserted_label": other,
                     "input_size": [int(photo.shape[0]), int(photo.shape[1])]}  # fmt: skip
             row = {c: v[i] for c, v in batch.items()}
             row.update(
                 image=img, image_bytes=encode_png(img), width=w, height=h, image_id=child_id(row["image_id"]),
-                uri=f"{row['uri']}#insert", group_id=group, subject_tags=list(dict.fromkeys([*(tags[i] or []), label])),
+                uri=f"{row['uri']}#insert", group_id=group,
+                subject_tags=list(dict.fromkeys([*(tags[i] or []), label, other])),
                 subjects=[], subject_rejects=[], annotations=None, generation=prov, status=OK, reason="",
                 rejected_by="", **{ADDED_BY: self.name},
             )  # fmt: skip
@@ -179,30 +287,55 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def check_insertion(parent: list[dict], child: list[dict], label: str, side: str,
-                    scale: tuple[float, float]) -> str:  # fmt: skip
-    """The reject reason of a generated image ("" when it passes); ``parent``/``child``: the Subject
-    records of the photo and of the generated image, ``scale``: (x, y) from the photo's pixels to
-    the generated image's."""
-    p = [[v * scale[k % 2] for k, v in enumerate(s["box_xyxy"])] for s in parent if s["label"] == label]
-    c = [list(s["box_xyxy"]) for s in child if s["label"] == label]
-    if not p:
-        return f"insert_no_original: the photo kept no {label}"
-    if len(c) != len(p) + 1:
-        return f"insert_count: {len(c)} != {len(p) + 1} {label}"
-    # each original instance takes the generated image's box it overlaps best (greedy, best first)
+def _match(p: list, c: list) -> set[int]:
+    """The indices of ``c`` that the boxes ``p`` take: each takes the box it overlaps best (greedy,
+    best first; a pair that does not overlap still pairs, so min(len) boxes are taken)."""
     pairs = sorted(((_iou(a, b), i, j) for i, a in enumerate(p) for j, b in enumerate(c)), reverse=True)
     used_p, used_c = set(), set()
     for _, i, j in pairs:
         if i not in used_p and j not in used_c:
             used_p.add(i)
             used_c.add(j)
-    extra = next(j for j in range(len(c)) if j not in used_c)
-    ex = _center_x(c[extra])
-    orig = min((c[j] for j in used_c), key=lambda b: abs(_center_x(b) - ex))
-    ox = _center_x(orig)
-    if (ex < ox) != (side == "left") or ex == ox:
-        return f"insert_side: the new {label} at x={ex:.0f} is not {side} of the original at x={ox:.0f}"
+    return used_c
+
+
+def check_insertion(parent: list[dict], child: list[dict], label: str, side: str,
+                    scale: tuple[float, float], *, count: int = 1, inserted: str | None = None) -> str:  # fmt: skip
+    """The reject reason of a generated image ("" when it passes); ``parent``/``child``: the Subject
+    records of the photo and of the generated image, ``scale``: (x, y) from the photo's pixels to
+    the generated image's; ``label``: the photo's label the insertion stands beside, ``inserted``:
+    the label inserted (``label`` when None: look-alikes), ``count``: how many were asked for.
+
+    The generated image must hold the photo's instances of ``inserted`` plus ``count``; the extra
+    ones (those no instance of the photo takes, by overlap) must each have their box centre on
+    ``side`` of the nearest original ``label`` instance (the generated boxes the photo's take)."""
+    inserted = inserted or label
+
+    def boxes(subjects, lab, sc=(1.0, 1.0)):
+        return [[v * sc[k % 2] for k, v in enumerate(s["box_xyxy"])] for s in subjects if s["label"] == lab]
+
+    p = boxes(parent, label, scale)
+    if not p:
+        return f"insert_no_original: the photo kept no {label}"
+    p_ins = p if inserted == label else boxes(parent, inserted, scale)
+    c = boxes(child, inserted)
+    if len(c) != len(p_ins) + count:
+        return f"insert_count: {len(c)} != {len(p_ins) + count} {inserted}"
+    kept = _match(p_ins, c)
+    extra = [j for j in range(len(c)) if j not in kept]
+    if inserted == label:
+        orig = [c[j] for j in sorted(kept)]
+    else:
+        c_orig = boxes(child, label)
+        orig = [c_orig[j] for j in sorted(_match(p, c_orig))]
+        if not orig:
+            return f"insert_no_original: the generated image kept no {label}"
+    what = "the original" if inserted == label else f"the original {label}"
+    for j in extra:
+        ex = _center_x(c[j])
+        ox = _center_x(min(orig, key=lambda b: abs(_center_x(b) - ex)))
+        if (ex < ox) != (side == "left") or ex == ox:
+            return f"insert_side: the new {inserted} at x={ex:.0f} is not {side} of {what} at x={ox:.0f}"
     return ""
 
 
@@ -210,7 +343,8 @@ def check_insertion(parent: list[dict], child: list[dict], label: str, side: str
 @dataclass
 class InsertCheck(Stage):
     """The ``insert_check`` bank step (module docstring): keeps a generated image only where the
-    detector and the segmenter found the look-alike the edit was asked for."""
+    detector and the segmenter found exactly the candidates the edit was asked for, where they were
+    asked for (:func:`check_insertion`)."""
 
     name: ClassVar[str] = "insert_check"
     type: ClassVar[str] = "insert_check"
@@ -229,7 +363,8 @@ class InsertCheck(Stage):
                 reject(batch, i, f"insert_parent_rejected: {g['parent_image_id']}")
                 continue
             scale = (batch["width"][i] / batch["width"][j], batch["height"][i] / batch["height"][j])
-            why = check_insertion(batch["subjects"][j], batch["subjects"][i], g["label"], g["side"], scale)
+            why = check_insertion(batch["subjects"][j], batch["subjects"][i], g["label"], g["side"], scale,
+                                  count=int(g.get("count") or 1), inserted=g.get("inserted_label"))  # fmt: skip
             if why:
                 reject(batch, i, why)
         return batch

@@ -9,7 +9,7 @@ from scone_data.bank.records import split_of
 from scone_data.bank.store import Bank, write_unit
 from scone_data.imageio import decode_image, encode_png
 from scone_data.stages.base import ADDED_BY
-from scone_data.stages.insert import InsertCheck, InsertDistractors, check_insertion, child_id
+from scone_data.stages.insert import CROSS_LABELS, InsertCheck, InsertDistractors, check_insertion, child_id
 
 TINY = dict(model="tiny", device="cpu", num_gpus=0, num_inference_steps=2, max_side=64, seed=3)
 
@@ -131,3 +131,226 @@ def test_the_bank_stores_generated_rows_with_their_provenance(inserted, tmp_path
     assert list(bank.images) == ["a", "a-ins", "b", "b-ins", "c"]  # a generated row right after its photo
     assert bank.images["a-ins"]["generation"] == batch["generation"][3]
     assert bank.images["a"]["generation"] is None and bank.images["b-ins"]["group_id"] == "g"
+
+
+# -- more than one look-alike, another category ------------------------------------------------------
+
+# rows p0..p7 with a dog each; p1 names an apple, p2 a cat in its tags, p3 a given bowl
+CAPTIONS = ["a dog on grass", "a dog beside an apple", *["a dog on grass"] * 6]
+
+
+def _labelled(n=8):
+    imgs = [_img(10 + k) for k in range(n)]
+    return {
+        "uri": [f"mem://p{k}" for k in range(n)],
+        "source": ["t"] * n,
+        "license": [None] * n,
+        "image_bytes": [encode_png(im) for im in imgs],
+        "image": imgs,
+        "image_id": [f"p{k}" for k in range(n)],
+        "width": [80] * n,
+        "height": [60] * n,
+        "group_id": [None] * n,
+        "caption": CAPTIONS[:n],
+        "subject_tags": [None, None, ["cat"], *[None] * (n - 3)][:n],
+        "subjects": [[], [], [], [_subj("bowl", (1, 1, 9, 9))], *[[] for _ in range(n - 4)]][:n],
+        "subject_rejects": [[] for _ in range(n)],
+        "pos": list(range(n)),
+        "unit": [0] * n,
+    }
+
+
+def _generated(out):
+    return [k for k, a in enumerate(out[ADDED_BY]) if a == "insert"]
+
+
+@pytest.fixture(scope="module")
+def many():
+    return InsertDistractors(**{**TINY, "max_count": 3})(_labelled())
+
+
+def test_max_count_draws_one_to_three_look_alikes(many):
+    gen = [many["generation"][k] for k in _generated(many)]
+    assert [g["parent_image_id"] for g in gen] == [f"p{k}" for k in range(8)]
+    counts = [g["count"] for g in gen]
+    assert set(counts) <= {1, 2, 3} and len(set(counts)) > 1
+    words = {2: "two", 3: "three"}
+    for g in gen:
+        assert g["label"] == g["inserted_label"] == "dog"
+        want = (
+            f"add another dog to the {g['side']} of the dog"
+            if g["count"] == 1
+            else f"add {words[g['count']]} more dogs to the {g['side']} of the dog"
+        )
+        assert g["prompt"] == want
+    assert "add two more dogs to the left of the dog" in [g["prompt"] for g in gen]
+    # the draw of side and seed is the one max_count 1 makes: only the count is new
+    one = InsertDistractors(**TINY)(_labelled())
+    assert [(g["side"], g["seed"]) for g in gen] == [
+        (one["generation"][k]["side"], one["generation"][k]["seed"]) for k in _generated(one)
+    ]
+    assert all(one["generation"][k]["count"] == 1 for k in _generated(one))
+
+
+@pytest.fixture(scope="module")
+def cross():
+    return InsertDistractors(**{**TINY, "cross_prob": 1.0})(_labelled())
+
+
+def test_cross_category_inserts_one_label_the_photo_does_not_show(cross):
+    gen = {cross["generation"][k]["parent_image_id"]: (k, cross["generation"][k]) for k in _generated(cross)}
+    assert len(gen) == 8
+    shown = {"p1": {"dog", "apple"}, "p2": {"dog", "cat"}, "p3": {"dog", "bowl"}}
+    others = set()
+    for pid, (k, g) in gen.items():
+        other = g["inserted_label"]
+        assert g["label"] == "dog" and g["count"] == 1 and other not in shown.get(pid, {"dog"})
+        assert other in CROSS_LABELS
+        a = "an" if other[0] in "aeiou" else "a"
+        assert g["prompt"] == f"add {a} {other} to the {g['side']} of the dog"
+        assert {"dog", other} <= set(cross["subject_tags"][k])  # the detector looks for both
+        others.add(other)
+    assert len(others) > 1
+    assert gen["p0"][1]["prompt"] == "add a bottle to the left of the dog"
+    assert gen["p3"][1]["prompt"] == "add a cat to the left of the dog"  # p2 shows a cat, p3 does not
+    apple = InsertDistractors(**{**TINY, "cross_prob": 1.0, "cross_labels": ["apple"]})
+    assert apple.plan("p0", "dog", {"dog"})[1:] == (
+        488029971,
+        1,
+        "apple",
+        "add an apple to the left of the dog",
+    )
+
+
+def test_cross_prompt_reads_a_cat_and_falls_back_when_all_are_shown():
+    one = {k: v[7:8] for k, v in _labelled().items()}  # p7: right
+    out = InsertDistractors(**{**TINY, "cross_prob": 1.0, "cross_labels": ["cat"]})(one)
+    g = out["generation"][1]
+    assert g["prompt"] == "add a cat to the right of the dog"
+    assert (g["inserted_label"], g["count"], out["subject_tags"][1]) == ("cat", 1, ["dog", "cat"])
+    # every cross label already in the photo (caption, tags, given subjects, its label): look-alike
+    one["caption"] = ["a dog and a cat"]
+    one["subject_tags"] = [["apple"]]
+    one["subjects"] = [[_subj("bowl", (1, 1, 9, 9))]]
+    out = InsertDistractors(**{**TINY, "cross_prob": 1.0, "cross_labels": ["cat", "Apple", "bowl", "dog"]})(
+        one
+    )
+    g = out["generation"][1]
+    assert g["inserted_label"] == "dog" and g["prompt"] == "add another dog to the right of the dog"
+
+
+def test_articles():
+    from scone_data.stages.insert import article, with_article
+
+    assert [article(w) for w in ("apple", "umbrella", "cup", "unicycle", "hour", "egg")] == [
+        "an", "an", "a", "a", "an", "an"
+    ]  # fmt: skip
+    assert with_article("A {other} beside a {label}", "orange") == "An {other} beside a {label}"
+
+
+def test_the_draws_do_not_depend_on_the_batch():
+    cfg = {**TINY, "max_count": 3, "cross_prob": 0.5}
+    whole = InsertDistractors(**cfg)(_labelled())
+    parts = [{k: v[a:b] for k, v in _labelled().items()} for a, b in ((0, 3), (3, 8))]
+    split = [InsertDistractors(**cfg)(p) for p in parts]
+    key = ("prompt", "seed", "side", "count", "inserted_label")
+
+    def drawn(out):
+        return [tuple(out["generation"][k][x] for x in key) for k in _generated(out)]
+
+    assert drawn(whole) == drawn(split[0]) + drawn(split[1])
+    assert {g[4] for g in drawn(whole)} - {"dog"} and "dog" in {g[4] for g in drawn(whole)}  # both kinds
+    assert whole["image_bytes"][8:] == split[0]["image_bytes"][3:] + split[1]["image_bytes"][5:]
+
+
+def test_settings_are_validated():
+    assert InsertDistractors(**{**TINY, "max_count": 3, "cross_prob": 1.0}).validate() == []
+    bad = InsertDistractors(**{**TINY, "max_count": 4, "cross_prob": 1.5}).validate()
+    assert any(m.startswith("max_count") for m in bad) and any(m.startswith("cross_prob") for m in bad)
+    assert any(m.startswith("max_count") for m in InsertDistractors(**{**TINY, "max_count": 0}).validate())
+    bad = InsertDistractors(
+        **{**TINY, "cross_prob": 0.5, "cross_labels": [], "cross_prompt": "add x"}
+    ).validate()
+    assert any(m.startswith("cross_labels") for m in bad) and any(m.startswith("cross_prompt") for m in bad)
+
+
+def test_check_insertion_several_look_alikes():
+    dog = (40, 10, 60, 40)
+    parent = [_subj("dog", dog)]
+    two_left = [_subj("dog", dog), _subj("dog", (5, 10, 15, 40)), _subj("dog", (20, 10, 35, 40))]
+    assert check_insertion(parent, two_left, "dog", "left", (1, 1), count=2) == ""
+    one_wrong = [_subj("dog", dog), _subj("dog", (5, 10, 15, 40)), _subj("dog", (65, 10, 80, 40))]
+    assert check_insertion(parent, one_wrong, "dog", "left", (1, 1), count=2) == (
+        "insert_side: the new dog at x=72 is not left of the original at x=50"
+    )
+    assert check_insertion(parent, two_left, "dog", "left", (1, 1), count=3) == "insert_count: 3 != 4 dog"
+    assert check_insertion(parent, two_left[:2], "dog", "left", (1, 1), count=2) == "insert_count: 2 != 3 dog"
+    # two originals: each extra is judged against the original nearest it
+    parent2 = [_subj("dog", (10, 10, 20, 40)), _subj("dog", (60, 10, 70, 40))]
+    near = [*parent2, _subj("dog", (0, 10, 8, 40)), _subj("dog", (48, 10, 56, 40))]
+    assert check_insertion(parent2, near, "dog", "left", (1, 1), count=2) == ""
+    assert check_insertion(parent2, near, "dog", "right", (1, 1), count=2).startswith(
+        "insert_side: the new dog at x=4 is not right of the original at x=15"
+    )
+
+
+def test_check_insertion_another_category():
+    dog = (40, 10, 60, 40)
+    parent = [_subj("dog", dog)]
+    cat_right = [_subj("dog", dog), _subj("cat", (65, 10, 80, 40))]
+    assert check_insertion(parent, cat_right, "dog", "right", (1, 1), inserted="cat") == ""
+    assert check_insertion(parent, cat_right, "dog", "left", (1, 1), inserted="cat") == (
+        "insert_side: the new cat at x=72 is not left of the original dog at x=50"
+    )
+    assert check_insertion(parent, cat_right[:1], "dog", "right", (1, 1), inserted="cat") == (
+        "insert_count: 0 != 1 cat"
+    )
+    two_cats = [*cat_right, _subj("cat", (70, 0, 80, 8))]
+    assert (
+        check_insertion(parent, two_cats, "dog", "right", (1, 1), inserted="cat")
+        == "insert_count: 2 != 1 cat"
+    )
+    # the photo already holds a cat (left of the dog): it stays where it was, the new one is right
+    parent_cat = [*parent, _subj("cat", (0, 10, 12, 40))]
+    child = [_subj("dog", dog), _subj("cat", (1, 10, 12, 40)), _subj("cat", (65, 10, 80, 40))]
+    assert check_insertion(parent_cat, child, "dog", "right", (1, 1), inserted="cat") == ""
+    assert check_insertion(parent_cat, child[:2], "dog", "right", (1, 1), inserted="cat") == (
+        "insert_count: 1 != 2 cat"
+    )
+    # were the photo's cat judged as the new one, it would fail the side: it is matched away
+    assert check_insertion(parent_cat, child, "dog", "left", (1, 1), inserted="cat").startswith(
+        "insert_side: the new cat at x=72"
+    )
+    # the photo must have kept its dog; the edit must have kept one to judge the side by
+    assert check_insertion(parent_cat[1:], child, "dog", "right", (1, 1), inserted="cat").startswith(
+        "insert_no_original: the photo kept no dog"
+    )
+    assert check_insertion(parent, cat_right[1:], "dog", "right", (1, 1), inserted="cat") == (
+        "insert_no_original: the generated image kept no dog"
+    )
+
+
+def test_insert_check_reads_count_and_inserted_label_from_the_generation():
+    gen = {"use": "insertion", "parent_image_id": "p", "label": "dog", "side": "right"}
+    dog = [_subj("dog", (40, 10, 60, 40))]
+    batch = {
+        "image_id": ["p", "a", "b", "c"],
+        "width": [80] * 4,
+        "height": [60] * 4,
+        "status": ["ok"] * 4,
+        "reason": [""] * 4,
+        "subjects": [
+            dog,
+            [*dog, _subj("cat", (65, 10, 80, 40))],
+            [*dog, _subj("dog", (62, 10, 70, 40)), _subj("dog", (72, 10, 80, 40))],
+            [*dog, _subj("dog", (62, 10, 70, 40))],
+        ],
+        "generation": [
+            None,
+            {**gen, "count": 1, "inserted_label": "cat"},
+            {**gen, "count": 2, "inserted_label": "dog"},
+            {**gen, "count": 2, "inserted_label": "dog"},
+        ],
+    }
+    out = InsertCheck()(batch)
+    assert out["status"] == ["ok", "ok", "ok", "rejected"] and out["reason"][3] == "insert_count: 2 != 3 dog"
