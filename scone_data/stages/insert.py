@@ -54,20 +54,15 @@ import numpy as np
 
 from scone_data.pairs.instructions import plural
 from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
-from scone_data.stages.edit import ImageEdit
+from scone_data.stages.edit import ImageEdit, generated_id
 from scone_data.stages.model_stage import is_rgb_uint8
 
 SIDES = ("left", "right")
-ID_MAX = 64  # source_image.v1.json's image_id pattern: ^[A-Za-z0-9_-]{1,64}$
 
 
 def child_id(image_id: str) -> str:
-    """The generated image's id: ``{image_id}-ins``; a long id is shortened by a hash of it."""
-    out = f"{image_id}-ins"
-    if len(out) <= ID_MAX:
-        return out
-    h = hashlib.sha256(image_id.encode()).hexdigest()[:16]
-    return f"{image_id[: ID_MAX - 21]}-{h}-ins"
+    """The generated image's id: ``{image_id}-ins`` (:func:`~scone_data.stages.edit.generated_id`)."""
+    return generated_id(image_id, "ins")
 
 
 # COCO labels (the detector's default vocabulary, so it finds them) of small things that sit
