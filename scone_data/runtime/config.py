@@ -136,11 +136,21 @@ def settings_hash(*parts: Any) -> str:
     caller in another form (``shards.verify`` as the verifier built from it)."""
 
     def plain(o: Any) -> Any:
+        # into lists, tuples and mappings too: a pipeline's steps are a list of stages, each hashed by
+        # its settings (a stage's repr would hold its execution fields: a new batch size stopped a resume)
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             skip = set(getattr(o, "execution_fields", ())) | set(getattr(o, "hashed_apart", ()))
             skip |= {k for k in getattr(o, "omitted_when_none", ()) if getattr(o, k) is None}
-            fs = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.init and f.name not in skip}
+            fs = {
+                f.name: plain(getattr(o, f.name))
+                for f in dataclasses.fields(o)
+                if f.init and f.name not in skip
+            }
             return {"__class__": type(o).__qualname__, **fs}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items()}
         return o
 
     blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)

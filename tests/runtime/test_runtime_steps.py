@@ -225,3 +225,20 @@ def test_transport_codecs_come_from_the_steps():
     with pytest.raises(ValueError, match="type must be ClassVar"):
         register_stage(Forgot)
     assert "test_clash" not in STAGE_TYPES and "forgot" not in STAGE_TYPES
+
+
+def test_a_steps_execution_settings_stay_out_of_the_bank_hash(repo_root):
+    """The bank hash covers the steps list by each step's settings: batch size, device and GPU share
+    change how a run executes, not what it writes, so a run resumes with others (a stage's repr, hashed
+    before, held them); thresholds and only_added_by do change it."""
+
+    def bank_hash(*over):
+        cfg = load_config(repo_root / "pipelines/tiny_models.yaml", list(over))
+        stages = make_stages(cfg, problems := [])
+        assert problems == []
+        return settings_hash(__version__, stages)
+
+    h = bank_hash()
+    assert bank_hash("detect.batch_size=7", "detect.num_gpus=0.5", "sam.batch_size=1") == h
+    assert bank_hash("detect.box_threshold=0.06") != h
+    assert bank_hash("subjects.only_added_by=null") == h
