@@ -4,7 +4,8 @@ what ``repose`` made).
 
 ``repose`` (:class:`ReposeTargets`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok photo
 with subjects (not an image another step generated), its largest subject (mask area, then subject id)
-is cut out by its mask, laid on a plain square canvas (``canvas_side`` pixels, the subject's longer side
+seen whole (:meth:`ReposeTargets.pick`: not cut by the frame on two sides or more, not covered by
+other subjects, not a part of another; a photo without one is not re-posed) is cut out by its mask, laid on a plain square canvas (``canvas_side`` pixels, the subject's longer side
 ``subject_frac`` of it) and the edit model is asked to show it in a scene drawn from the prompt file
 (``prompts/repose.<version>.txt``: the instruction, the caption and the scenes): "Show the mug of this
 picture on a sandy beach. Keep the mug exactly as in the picture, in a new pose and from a new
@@ -30,8 +31,9 @@ of every task: its intended subject is the re-posed one and that subject's refer
 the **real photo** (the parent subject), never from the generated target. The generated images are
 stored in the bank, so ``regen`` never edits.
 
-Limits: one re-posed target per photo, of its largest subject; the scene list is generic (places any
-object, animal or person can be in); the colour check cannot tell two same-coloured objects apart.
+Limits: one re-posed target per photo, of its largest subject seen whole; the scenes are generic places
+(any movable object, animal or person; buildings and other landmarks named in the file get outdoor
+places of their own); the colour check cannot tell two same-coloured objects apart.
 """
 
 from __future__ import annotations
@@ -51,12 +53,23 @@ SUFFIX = "rep"
 
 @dataclass(frozen=True)
 class ReposeText:
-    """The prompt file's three parts: the edit instruction, the caption, the scenes."""
+    """The prompt file's parts: the edit instruction, the caption, the scenes, and the landmark labels
+    (fixed structures) with their own scenes."""
 
     prompt: str
     caption: str
     scenes: tuple[str, ...]
+    landmarks: frozenset[str]
+    landmark_scenes: tuple[str, ...]
     info: dict
+
+    def scenes_for(self, label: str) -> tuple[str, ...]:
+        """The scenes a subject of ``label`` may be shown in: a landmark's (its last word names one)
+        when the file has them, else the general ones."""
+        last = label.split()[-1] if label.split() else label
+        if self.landmark_scenes and (label in self.landmarks or last in self.landmarks):
+            return self.landmark_scenes
+        return self.scenes
 
 
 def load_repose_text(version: str) -> ReposeText:
@@ -64,18 +77,23 @@ def load_repose_text(version: str) -> ReposeText:
     from scone_data.stages.vlm import load_prompt
 
     p = load_prompt("repose", version)
-    parts: dict[str, list[str]] = {"prompt": [], "caption": [], "scene": []}
+    keys = ("prompt", "caption", "scene", "landmark", "landmark_scene")
+    parts: dict[str, list[str]] = {k: [] for k in keys}
     for line in p.text.splitlines():
         key, _, val = line.partition(":")
         if key.strip() in parts and val.strip():
             parts[key.strip()].append(val.strip())
-    bad = [k for k, v in parts.items() if not v or (k != "scene" and len(v) > 1)]
+    bad = [k for k in keys[:3] if not parts[k] or (k != "scene" and len(parts[k]) > 1)]
     if bad:
         raise ValueError(f"prompts/repose.{version}.txt: needs one prompt:, one caption: and scene: lines")
     for k in ("prompt", "caption"):
         if "{label}" not in parts[k][0] or "{scene}" not in parts[k][0]:
             raise ValueError(f"prompts/repose.{version}.txt: its {k} must name {{label}} and {{scene}}")
-    return ReposeText(parts["prompt"][0], parts["caption"][0], tuple(parts["scene"]), p.info())
+    landmarks = frozenset(
+        x.strip().lower() for line in parts["landmark"] for x in line.split(",") if x.strip()
+    )
+    return ReposeText(parts["prompt"][0], parts["caption"][0], tuple(parts["scene"]), landmarks,
+                      tuple(parts["landmark_scene"]), p.info())  # fmt: skip
 
 
 def _draw(seed: int, image_id: str, n_scenes: int) -> tuple[int, int]:
@@ -84,10 +102,28 @@ def _draw(seed: int, image_id: str, n_scenes: int) -> tuple[int, int]:
     return int.from_bytes(d[0:4], "big") % n_scenes, int.from_bytes(d[4:8], "big") & 0x7FFFFFFF
 
 
-def largest_subject(subjects: list[dict]) -> dict | None:
-    """The subject with the largest mask (``area_frac``), ties by subject id; None when there is none."""
-    subs = [s for s in subjects or [] if isinstance(s, dict) and s.get("mask_rle")]
-    return min(subs, key=lambda s: (-float(s.get("area_frac") or 0.0), s["subject_id"]), default=None)
+def whole_view(masks: list[np.ndarray], k: int) -> tuple[int, float, float]:
+    """How whole subject ``k`` is seen: (sides of the frame its mask touches, the share of its convex
+    hull that other subjects' masks cover outside its own (what lies in front of it, or shows through
+    it), the largest share of its mask inside another subject's mask (a part: an eye of a cat))."""
+    import cv2
+
+    m = np.ascontiguousarray(masks[k] > 0).astype(np.uint8)
+    h, w = m.shape
+    ys, xs = np.nonzero(m)
+    sides = int(xs.min() <= 0) + int(ys.min() <= 0) + int(xs.max() >= w - 1) + int(ys.max() >= h - 1)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(contours))], 1)
+    others = np.zeros((h, w), bool)
+    part = 0.0
+    for j, o in enumerate(masks):
+        if j != k:
+            o = o > 0
+            others |= o
+            part = max(part, float((o & (m > 0)).sum()) / float(m.sum()))
+    covered = float((others & (hull > 0) & (m == 0)).sum()) / float(hull.sum())
+    return sides, covered, part
 
 
 def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int, frac: float,
@@ -133,6 +169,13 @@ class ReposeTargets(ImageEdit):
     canvas_side: int = 1024  # the edit's input and output side (a multiple of 16)
     subject_frac: float = 0.6  # the cut-out's longer side on the canvas
     background: list[int] = field(default_factory=lambda: [255, 255, 255])
+    # the subject re-posed is the largest one seen whole: its mask touches at most max_border_sides sides
+    # of the frame (a portrait cut by the bottom edge is whole as people see it; a cat's head cut on three
+    # sides is not), other subjects cover at most max_occluded of its convex hull outside its mask (a
+    # saucer under a cup is not), and at most max_part_share of it lies inside another subject (an eye)
+    max_border_sides: int = 1
+    max_occluded: float = 0.2
+    max_part_share: float = 0.5
 
     def validate(self) -> list[str]:
         out = super().validate()
@@ -146,14 +189,38 @@ class ReposeTargets(ImageEdit):
             out.append(f"subject_frac: {self.subject_frac} must be in [0.1, 1]")
         if len(self.background) != 3 or any(not 0 <= int(v) <= 255 for v in self.background):
             out.append(f"background: {self.background!r} must be three values in 0..255")
+        if not 0 <= int(self.max_border_sides) <= 4:
+            out.append(f"max_border_sides: {self.max_border_sides} must be in 0..4")
+        for f in ("max_occluded", "max_part_share"):
+            if not 0 <= float(getattr(self, f)) <= 1:
+                out.append(f"{f}: {getattr(self, f)} must be in [0, 1]")
         return out
+
+    def pick(self, subjects: list[dict]) -> tuple[dict, np.ndarray] | None:
+        """The subject to re-pose (see the settings above) and its mask, or None."""
+        from scone_data.imageio import rle_to_mask
+
+        subs = sorted((s for s in subjects or [] if isinstance(s, dict) and s.get("mask_rle")),
+                      key=lambda s: (-float(s.get("area_frac") or 0.0), s["subject_id"]))  # fmt: skip
+        masks = [rle_to_mask(s["mask_rle"]) for s in subs]
+        for k, s in enumerate(subs):
+            if not masks[k].any():
+                continue
+            sides, covered, part = whole_view(masks, k)
+            if (
+                sides <= self.max_border_sides
+                and covered <= self.max_occluded
+                and part <= self.max_part_share
+            ):
+                return s, masks[k]
+        return None
 
     def setup(self) -> None:
         super().setup()
         self._text = load_repose_text(self.prompt_version)
 
     def process(self, batch: Batch) -> Batch:
-        from scone_data.imageio import encode_png, rle_to_mask
+        from scone_data.imageio import encode_png
 
         self._ensure()
         n, text = len(batch["status"]), self._text
@@ -163,13 +230,15 @@ class ReposeTargets(ImageEdit):
         for i in range(n):
             if batch[ADDED_BY][i] is not None or not is_rgb_uint8(batch["image"][i]):
                 continue  # a generated image is never re-posed again; a bad image has no subjects
-            sub = largest_subject(batch["subjects"][i])
-            if sub is None:
-                continue
-            k, seed = _draw(self.seed, batch["image_id"][i], len(text.scenes))
-            canvas, box = cutout_canvas(batch["image"][i], rle_to_mask(sub["mask_rle"]), int(self.canvas_side),
-                                        float(self.subject_frac), tuple(int(v) for v in self.background))  # fmt: skip
-            todo.append((i, sub, text.scenes[k], seed, canvas, box))
+            got = self.pick(batch["subjects"][i])
+            if got is None:
+                continue  # no subject seen whole: the photo is not re-posed
+            sub, mask = got
+            scenes = text.scenes_for(sub["label"])
+            k, seed = _draw(self.seed, batch["image_id"][i], len(scenes))
+            canvas, box = cutout_canvas(batch["image"][i], mask, int(self.canvas_side), float(self.subject_frac),
+                                        tuple(int(v) for v in self.background))  # fmt: skip
+            todo.append((i, sub, scenes[k], seed, canvas, box))
         prompts = [text.prompt.format(label=s["label"], scene=scene) for _, s, scene, _, _, _ in todo]
         res = self.edit_many("repose", [t[4] for t in todo], prompts, [t[3] for t in todo])
         for (i, sub, scene, _, _, box), (img, prov) in zip(todo, res):

@@ -16,7 +16,6 @@ from scone_data.stages.repose import (
     ReposeCheck,
     ReposeTargets,
     cutout_canvas,
-    largest_subject,
     load_repose_text,
     masked_similarity,
 )
@@ -94,11 +93,36 @@ def test_cutout_canvas_centres_the_masked_pixels_on_a_plain_canvas():
         cutout_canvas(img, np.zeros_like(m), 64, 0.5, (255, 255, 255))
 
 
-def test_largest_subject_by_mask_area_then_id():
-    subs = _batch()["subjects"][0]
-    assert largest_subject(subs)["label"] == "dog" and largest_subject([]) is None
-    tie = [{**subs[1], "subject_id": "z-001"}, {**subs[1], "subject_id": "z-000"}]
-    assert largest_subject(tie)["subject_id"] == "z-000"
+def _mask(box, h=60, w=80):
+    m = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def test_the_subject_re_posed_is_the_largest_seen_whole():
+    img = np.zeros((60, 80, 3), np.uint8)
+    rep = ReposeTargets(**TINY)
+
+    def pick(*specs):
+        subs = [_subject("p", n, label, _mask(box), img) for n, (label, box) in enumerate(specs)]
+        got = rep.pick(subs)
+        return None if got is None else got[0]["label"]
+
+    assert pick(("ball", (5, 5, 15, 15)), ("dog", (30, 10, 70, 50))) == "dog"  # the largest
+    # a cat cut by the frame on two sides is no whole cat; its eye is a part of it
+    assert pick(("cat", (0, 0, 50, 40)), ("eye", (10, 10, 16, 16))) is None
+    assert pick(("cat", (0, 0, 50, 40)), ("eye", (10, 10, 16, 16)), ("cup", (60, 40, 70, 50))) == "cup"
+    # a portrait cut by the bottom edge only is whole as people see it
+    assert pick(("person", (20, 10, 60, 60)), ("cup", (65, 5, 75, 15))) == "person"
+    # a saucer whose middle a cup covers: the cup is in front, the saucer is not seen whole
+    saucer = _mask((10, 10, 70, 50)) - _mask((25, 15, 55, 45))
+    subs = [_subject("p", 0, "saucer", saucer, img), _subject("p", 1, "cup", _mask((25, 15, 55, 45)), img)]
+    assert rep.pick(subs)[0]["label"] == "cup"
+    assert ReposeTargets(**{**TINY, "max_occluded": 1.0}).pick(subs)[0]["label"] == "saucer"
+    assert "max_border_sides: 5 must be in 0..4" in " ".join(
+        ReposeTargets(**{**TINY, "max_border_sides": 5}).validate()
+    )
 
 
 def test_repose_appends_one_generated_target_per_photo_with_subjects(reposed):
@@ -220,3 +244,12 @@ def test_the_bank_stores_re_posed_targets_after_their_photo(reposed, tmp_path):
     assert list(bank.images) == ["a", "a-rep", "b", "b-rep"]
     assert bank.images["a-rep"]["generation"] == batch["generation"][3]
     assert bank.images["a-rep"]["caption"] == batch["caption"][3]
+
+
+def test_landmarks_get_outdoor_scenes_of_their_own():
+    text = load_repose_text("v1")
+    assert text.scenes_for("pagoda") == text.landmark_scenes and "in a bright kitchen" in text.scenes_for(
+        "cup"
+    )
+    assert text.scenes_for("clock tower") == text.landmark_scenes  # by its last word
+    assert not set(text.landmark_scenes) & set(text.scenes)
