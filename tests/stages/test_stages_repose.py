@@ -246,10 +246,9 @@ def test_the_bank_stores_re_posed_targets_after_their_photo(reposed, tmp_path):
     assert bank.images["a-rep"]["caption"] == batch["caption"][3]
 
 
-def test_landmarks_get_outdoor_scenes_of_their_own():
+def test_large_things_get_outdoor_scenes_of_their_own():
     text = load_repose_text("v1")
-    assert text.scenes_for("pagoda") == text.landmark_scenes and "in a bright kitchen" in text.scenes_for(
-        "cup"
-    )
-    assert text.scenes_for("clock tower") == text.landmark_scenes  # by its last word
-    assert not set(text.landmark_scenes) & set(text.scenes)
+    assert text.scenes_for("pagoda") == text.large_scenes and "in a bright kitchen" in text.scenes_for("cup")
+    assert text.scenes_for("clock tower") == text.large_scenes  # by its last word
+    assert not set(text.large_scenes) & set(text.scenes)
+    assert text.scenes_for("rocket") == text.large_scenes  # the truth photos' rocket, not in a kitchen
