@@ -35,6 +35,19 @@ PIPELINES = {"qwen_image_edit": "QwenImageEditPipeline", "flux1_kontext_dev": "F
              "tiny": "FluxKontextPipeline"}  # fmt: skip
 NO_PROMPT = "no_edit_prompt: empty instruction"
 ID_MAX = 64  # source_image.v1.json's image_id pattern: ^[A-Za-z0-9_-]{1,64}$
+# Buildings, fixed structures and large vehicles: nothing small is inserted beside them (a teddy bear to
+# the right of a pagoda) and a re-posed one goes outdoors (not a rocket in a kitchen). Matched by a
+# label's last word ("clock tower").
+LARGE_THINGS = frozenset(
+    "building house tower pagoda temple church castle bridge lighthouse skyscraper windmill palace "
+    "monument statue fountain rocket shuttle airplane ship boat train bus truck".split()
+)
+
+
+def is_large(label: str) -> bool:
+    """Whether ``label`` names a building, a fixed structure or a large vehicle (:data:`LARGE_THINGS`)."""
+    words = label.strip().lower().split()
+    return bool(words) and (words[-1] in LARGE_THINGS or label.strip().lower() in LARGE_THINGS)
 
 
 def generated_id(image_id: str, suffix: str) -> str:

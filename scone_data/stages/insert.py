@@ -54,7 +54,7 @@ import numpy as np
 
 from scone_data.pairs.instructions import plural
 from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
-from scone_data.stages.edit import ImageEdit, generated_id
+from scone_data.stages.edit import ImageEdit, generated_id, is_large
 from scone_data.stages.model_stage import is_rgb_uint8
 
 SIDES = ("left", "right")
@@ -214,7 +214,8 @@ class InsertDistractors(ImageEdit):
         d = _digest(self.seed, image_id)
         k, seed = _draw(self.seed, image_id)
         side = self.sides[k % len(self.sides)]
-        if d[6] < self.cross_prob * 256:
+        # nothing small beside a large thing: a teddy bear to the right of a pagoda is no scene
+        if d[6] < self.cross_prob * 256 and not is_large(label):
             others = [
                 x for x in dict.fromkeys(x.strip().lower() for x in self.cross_labels) if x not in shown
             ]

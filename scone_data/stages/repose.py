@@ -32,8 +32,8 @@ the **real photo** (the parent subject), never from the generated target. The ge
 stored in the bank, so ``regen`` never edits.
 
 Limits: one re-posed target per photo, of its largest subject seen whole; the scenes are generic places
-(any movable object, animal or person; buildings, fixed structures and large vehicles named in the
-file get outdoor places of their own); the colour check cannot tell two same-coloured objects apart.
+(any movable object, animal or person; buildings, fixed structures and large vehicles, ``LARGE_THINGS``
+of :mod:`~scone_data.stages.edit`, get outdoor places of their own); the colour check cannot tell two same-coloured objects apart.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import ClassVar
 import numpy as np
 
 from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
-from scone_data.stages.edit import ImageEdit, generated_id
+from scone_data.stages.edit import ImageEdit, generated_id, is_large
 from scone_data.stages.model_stage import is_rgb_uint8
 
 SUFFIX = "rep"
@@ -53,22 +53,19 @@ SUFFIX = "rep"
 
 @dataclass(frozen=True)
 class ReposeText:
-    """The prompt file's parts: the edit instruction, the caption, the scenes, and the labels of large
-    things (buildings, fixed structures, large vehicles) with their own scenes."""
+    """The prompt file's parts: the edit instruction, the caption, the scenes, and the scenes of large
+    things (buildings, fixed structures, large vehicles: :func:`~scone_data.stages.edit.is_large`)."""
 
     prompt: str
     caption: str
     scenes: tuple[str, ...]
-    large: frozenset[str]
     large_scenes: tuple[str, ...]
     info: dict
 
     def scenes_for(self, label: str) -> tuple[str, ...]:
-        """The scenes a subject of ``label`` may be shown in: a large thing's (a building, a fixed
-        structure, a large vehicle: its last word is a ``large:`` label) when the file has them, else
-        the general ones."""
-        last = label.split()[-1] if label.split() else label
-        if self.large_scenes and (label in self.large or last in self.large):
+        """The scenes a subject of ``label`` may be shown in: a large thing's
+        (:func:`~scone_data.stages.edit.is_large`) when the file has them, else the general ones."""
+        if self.large_scenes and is_large(label):
             return self.large_scenes
         return self.scenes
 
@@ -78,7 +75,7 @@ def load_repose_text(version: str) -> ReposeText:
     from scone_data.stages.vlm import load_prompt
 
     p = load_prompt("repose", version)
-    keys = ("prompt", "caption", "scene", "large", "large_scene")
+    keys = ("prompt", "caption", "scene", "large_scene")
     parts: dict[str, list[str]] = {k: [] for k in keys}
     for line in p.text.splitlines():
         key, _, val = line.partition(":")
@@ -90,8 +87,7 @@ def load_repose_text(version: str) -> ReposeText:
     for k in ("prompt", "caption"):
         if "{label}" not in parts[k][0] or "{scene}" not in parts[k][0]:
             raise ValueError(f"prompts/repose.{version}.txt: its {k} must name {{label}} and {{scene}}")
-    large = frozenset(x.strip().lower() for line in parts["large"] for x in line.split(",") if x.strip())
-    return ReposeText(parts["prompt"][0], parts["caption"][0], tuple(parts["scene"]), large,
+    return ReposeText(parts["prompt"][0], parts["caption"][0], tuple(parts["scene"]),
                       tuple(parts["large_scene"]), p.info())  # fmt: skip
 
 

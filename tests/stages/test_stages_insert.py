@@ -354,3 +354,15 @@ def test_insert_check_reads_count_and_inserted_label_from_the_generation():
     }
     out = InsertCheck()(batch)
     assert out["status"] == ["ok", "ok", "ok", "rejected"] and out["reason"][3] == "insert_count: 2 != 3 dog"
+
+
+def test_nothing_small_is_inserted_beside_a_large_thing():
+    from scone_data.models.vocab import PhraseMatcher
+
+    step = InsertDistractors(**{**TINY, "cross_prob": 1.0})
+    step._matcher = PhraseMatcher.from_names(list(step.vocabularies))
+    for iid in ("a", "b", "c", "d"):
+        side, _, n, inserted, prompt = step.plan(iid, "pagoda", {"pagoda"})
+        assert inserted == "pagoda" and prompt == f"add another pagoda to the {side} of the pagoda"
+        assert step.plan(iid, "clock tower", {"clock tower"})[3] == "clock tower"
+        assert step.plan(iid, "dog", {"dog"})[3] != "dog"  # a dog does get another category
