@@ -104,6 +104,41 @@ def test_a_reference_can_come_from_the_generated_mate(tmp_path, repo_root):
     assert any(task.startswith("distinction") for task, _ in hits), hits
 
 
+def test_a_kept_re_posed_target_anchors_samples_referenced_from_its_photo(tmp_path, repo_root):
+    """The whole re-posed path through a build: with one detection per generated image in the second
+    pass and no colour floor (tiny masks are noise), repose_check keeps the re-posed targets; samples
+    anchored on them render, pass the truth check and the audit, and every reference is cut from the
+    real photo the target was made from."""
+    cfg = _cfg(repo_root, tmp_path, extra=["shards.verify=null"])
+    for st in cfg["steps"]:
+        if st.get("only_added_by") == "repose" and st["type"] == "detect":
+            st["max_detections"] = 1
+        if st["type"] == "repose_check":
+            st["min_similarity"] = 0.0
+    build(cfg)
+    images = Bank(tmp_path).images
+    hits = 0
+    for rec, _ in Output(tmp_path).iter_samples(want_images=False):
+        target = rec["target"]["image_id"]
+        if not target.endswith("-rep"):
+            continue
+        hits += 1
+        gen = images[target]["generation"]
+        assert gen["use"] == "repose" and "multi" not in rec["task"]
+        (box,) = rec["target"]["boxes"]
+        assert box["label"] == gen["label"]
+        for ref in rec["references"]:
+            (cand,) = [c for c in ref["candidates"] if c["intended"]]
+            assert (
+                cand["source_image_id"] == gen["parent_image_id"]
+                and cand["subject_id"] == gen["parent_subject_id"]
+            )
+            assert all(c["source_image_id"] != target for c in ref["candidates"])
+    assert hits >= 3
+    assert main(["validate", str(tmp_path)]) == 0
+    assert main(["audit", str(tmp_path), "--strict", "--json"]) == 0
+
+
 def test_the_real_engine_pipeline_lacks_only_its_weights_and_photos(repo_root):
     cfg = load_config(repo_root / "pipelines/scone_engine.yaml")
     problems: list[str] = []
