@@ -42,6 +42,9 @@ def _summary(manifest: dict, out: str) -> str:
         rows = [("kept", v["kept"])] + [(f"flagged {k}", n) for k, n in v["flagged"].items()]
         rows += [(f"dropped {k}", n) for k, n in v["dropped"].items()]
         lines += [f"  {k:<{w}}  {n:>7}" for k, n in rows]
+    for use, g in (manifest.get("generated") or {}).items():
+        lines += [f"generated images ({use}), of {g['photos']} photos:"]
+        lines += [f"  {k.replace('_', ' '):<{w}}  {g[k]:>7}" for k in ("kept", "rejected", "not_edited")]
     total = sum(s["bytes"] for s in manifest["shards"])
     lines.append(f"shard bytes: {total / 1e6:.1f} MB in {Output(out).shard_dir}")
     return "\n".join(lines)

@@ -38,16 +38,31 @@ def verifier_lines(v: dict) -> list[str]:
     return ["", "## Verifier", "", head, ""] + _table(("decision", "samples"), rows, total or None)
 
 
+def generated_lines(generated: dict) -> list[str]:
+    """The card's Generated images section from the manifest's ``generated`` (per use: photos, kept,
+    rejected by its check, not edited)."""
+    what = {"insertion": "look-alikes inserted", "repose": "re-posed targets"}
+    rows = [(f"{what.get(use, use)}: {k.replace('_', ' ')}", g[k])
+            for use, g in sorted(generated.items()) for k in ("kept", "rejected", "not_edited")]  # fmt: skip
+    head = "Of each use, every photo of the bank has one generated image kept, one rejected, or none."
+    return ["", "## Generated images", "", head, ""] + _table(("generated image", "photos"), rows)
+
+
 def dataset_card(
-    records: Iterable[dict], rejects: Counter | dict, bank: dict | None = None, verify: dict | None = None
+    records: Iterable[dict],
+    rejects: Counter | dict,
+    bank: dict | None = None,
+    verify: dict | None = None,
+    generated: dict | None = None,
 ) -> str:
     """Markdown: sample counts by split, task mix, label histogram (intended subjects), candidates per
     reference histogram, references per sample, reference kinds and sources, targets (whole photo or
     crop), instruction texts (templates, or woven from a caption and from which source), the copy-paste
     score histogram, the bank's mask sources, caption coverage and licences
     (``bank``: {"mask_sources": Counter, "images": int, "captioned": int, "licenses": Counter}), the
-    VLM verifier's decisions (``verify``: the manifest's, when the build verified its samples), and
-    reject reasons (most frequent first).
+    VLM verifier's decisions (``verify``: the manifest's, when the build verified its samples), the
+    generated images (``generated``: the manifest's, when the bank has any), and reject reasons (most
+    frequent first).
 
     ``records`` is read once, as a stream: memory grows with the number of labels, not of samples."""
     n = 0
@@ -105,6 +120,8 @@ def dataset_card(
         lines += [""] + _table(("licence (as the source declares it)", "images"), lic)
     if verify:
         lines += verifier_lines(verify)
+    if generated:
+        lines += generated_lines(generated)
     lines += ["", "## References per sample", ""]
     lines += _table(("references", "samples"), [(str(k), nrefs[k]) for k in sorted(nrefs)])
     lines += ["", "## Reject reasons", ""]

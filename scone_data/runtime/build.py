@@ -324,7 +324,7 @@ def finalize(
     ``verifier``: the :class:`~scone_data.runtime.verify.ShardVerifier` the shards ran, or None."""
     out = Output(cfg["output"])
     partition.remove(out.root)  # the plans are rendered; a rerun from here plans afresh
-    reject_reasons = write_rejects(out.rejects, bank_root, duplicates)
+    reject_reasons, generated = write_rejects(out.rejects, bank_root, duplicates, generating_uses(cfg))
     tasks: Counter = Counter()
     splits: Counter = Counter()
     pair_rejects = Counter(plan_rejects)
@@ -355,34 +355,81 @@ def finalize(
     }
     if verifier is not None:  # absent without a verifier: the manifest of such a build is unchanged
         manifest["verify"] = verify_summary(verifier.info(), list(shard_stats.values()))
+    if generated:  # absent without generated images, likewise
+        manifest["generated"] = generated
     schemas.validate("manifest", manifest)
     # the shards in the manifest's order (sorted by name), records as written
     samples = out.iter_samples(want_images=False, manifest=manifest, upgrade=False)
     records = (rec for rec, _ in samples)
     reasons = Counter(manifest["rejects"]) + pair_rejects
     bank_info = {k: figures[k] for k in ("mask_sources", "images", "captioned", "licenses")}
-    write_bytes(out.card, dataset_card(records, reasons, bank_info, manifest.get("verify")).encode())
+    card = dataset_card(records, reasons, bank_info, manifest.get("verify"), manifest.get("generated"))
+    write_bytes(out.card, card.encode())
     # the manifest is written last: its presence means the whole output is complete
     out.write_manifest(manifest)
     return manifest
 
 
-def write_rejects(path: Path, bank_root: str | Path, duplicates: list[dict[str, Any]]) -> Counter:
+def write_rejects(
+    path: Path, bank_root: str | Path, duplicates: list[dict[str, Any]], uses: set[str] = frozenset()
+) -> tuple[Counter, dict[str, dict[str, int]]]:
     """The merged rejects table at ``path``: every bank rejects part in order, one row group each, then
-    the ``duplicate_image`` rejects; streamed, never the whole table in memory. Returns its reasons."""
+    the ``duplicate_image`` rejects; streamed, never the whole table in memory. Returns its reasons and
+    the generated images' account (:func:`generated_account`), read on the way, of the ``uses`` the
+    pipeline's steps generate and of any other the bank holds."""
     schema = schemas.arrow_schema("reject")
     reasons: Counter = Counter()
+    account: dict[str, Counter] = {}
+    rejects_of = {p.name: p for p in part_paths(bank_root, "rejects")}
     with atomic_open(path, "wb") as f:
         with pq.ParquetWriter(f, schema, compression="zstd", write_statistics=True, store_schema=True) as w:
-            for part in part_paths(bank_root, "rejects"):
-                recs = read_part(part, "rejects")
+            for part in part_paths(bank_root, "images"):
+                recs = read_part(rejects_of[part.name], "rejects") if part.name in rejects_of else []
+                generated_account(account, part, recs)
                 if recs:
                     w.write_table(schemas.to_table("reject", recs))
                     reasons.update(r["reason"] for r in recs)
             if duplicates:
                 w.write_table(schemas.to_table("reject", duplicates))
                 reasons.update(r["reason"] for r in duplicates)
-    return reasons
+    out = {}
+    for use, c in sorted(account.items()):
+        if use in uses or c["kept"] or c["rejected"]:  # a build that generates nothing has no account
+            out[use] = {"photos": c["photos"], "kept": c["kept"], "rejected": c["rejected"],
+                        "not_edited": c["photos"] - c["kept"] - c["rejected"]}  # fmt: skip
+    return reasons, out
+
+
+def generating_uses(cfg: dict[str, Any]) -> set[str]:
+    """The ``generation.use`` of each step of ``cfg`` that makes images (its class's ``generates``)."""
+    from scone_data.runtime.steps import steps_of
+    from scone_data.stages import stage_types
+
+    kinds = [st.get("type") for st in steps_of(cfg) if isinstance(st, dict)]
+    return {g for k in kinds if (g := getattr(stage_types().get(k), "generates", None))}
+
+
+def generated_account(account: dict[str, Counter], images_part: Path, rejects: list[dict[str, Any]]) -> None:
+    """Add one bank unit's generated images to ``account`` (use -> photos, kept, rejected): the photos
+    of the part's images, the generated images it kept, and the row rejects of generated images whose
+    photo it kept (a generated image and its photo share a unit). Each photo has at most one generated
+    image per use, so ``photos - kept - rejected`` photos had none (``insert`` found no label to
+    insert, ``repose`` no subject seen whole)."""
+    from scone_data.stages.edit import GENERATED_URI, generated_use
+
+    uris = pq.read_table(storage.parquet_source(images_part), columns=["uri"]).column("uri").to_pylist()
+    photos = {u for u in uris if generated_use(u) is None}
+    for use, suffix in GENERATED_URI.items():
+        c = account.setdefault(use, Counter())
+        c["photos"] += len(photos)
+        c["kept"] += sum(1 for u in uris if u.endswith(suffix))
+        c["rejected"] += sum(
+            1
+            for r in rejects
+            if r["uri"].endswith(suffix)
+            and not r["reason"].startswith("subject_")  # a subject's reject, not the image's
+            and r["uri"][: -len(suffix)] in photos
+        )
 
 
 def _provenance(cfg: dict[str, Any], models: list[dict], bank_hash: str, pairs, shards) -> dict:

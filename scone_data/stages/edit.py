@@ -35,6 +35,15 @@ PIPELINES = {"qwen_image_edit": "QwenImageEditPipeline", "flux1_kontext_dev": "F
              "tiny": "FluxKontextPipeline"}  # fmt: skip
 NO_PROMPT = "no_edit_prompt: empty instruction"
 ID_MAX = 64  # source_image.v1.json's image_id pattern: ^[A-Za-z0-9_-]{1,64}$
+# A generated image's uri is its photo's with this suffix, by its ``generation.use``.
+GENERATED_URI = {"insertion": "#insert", "repose": "#repose"}
+
+
+def generated_use(uri: str) -> str | None:
+    """The ``generation.use`` a uri's suffix names (a generated image's), or None for a photo."""
+    return next((use for use, suf in GENERATED_URI.items() if uri.endswith(suf)), None)
+
+
 # Buildings, fixed structures and large vehicles: nothing small is inserted beside them (a teddy bear to
 # the right of a pagoda) and a re-posed one goes outdoors (not a rocket in a kitchen). Matched by a
 # label's last word ("clock tower").

@@ -131,6 +131,7 @@ class InsertDistractors(ImageEdit):
     needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "width", "height")
     adds: ClassVar[dict[str, str]] = {"generation": "json", "group_id": "value"}
     adds_rows: ClassVar[bool] = True
+    generates: ClassVar[str] = "insertion"  # its images' generation.use (the manifest's generated account)
 
     prompt: str = "add another {label} to the {side} of the {label}"
     vocabularies: tuple[str, ...] = ("coco",)  # caption labels, as the detector's

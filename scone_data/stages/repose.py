@@ -159,6 +159,7 @@ class ReposeTargets(ImageEdit):
     needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "width", "height", "subjects")
     adds: ClassVar[dict[str, str]] = {"generation": "json", "group_id": "value"}
     adds_rows: ClassVar[bool] = True
+    generates: ClassVar[str] = "repose"  # its images' generation.use (the manifest's generated account)
 
     prompt_version: str = "v1"  # prompts/repose.<version>.txt: instruction, caption, scenes
     canvas_side: int = 1024  # the edit's input and output side (a multiple of 16)

@@ -45,6 +45,9 @@ def test_generated_images_are_checked_and_every_outcome_recorded(local, capsys):
         assert checked and all(r["reason"] in reasons and r["detail"] for r in checked)
         for r in checked:
             assert r["uri"].endswith(suffix) and manifest["rejects"][r["reason"]] >= 1
+        # the manifest's account of this use, recounted here from the bank
+        assert manifest["generated"][use] == {"photos": 9, "kept": len(kept), "rejected": len(generated),
+                                              "not_edited": 9 - len(kept) - len(generated)}  # fmt: skip
     for r in photos:  # the photo is in the group of its generated mate; never rejected by the check
         assert r["group_id"] == r["image_id"]
     print("kept", len(kept), "rejected", sorted((r["reason"], r["detail"]) for r in rows))
@@ -52,8 +55,10 @@ def test_generated_images_are_checked_and_every_outcome_recorded(local, capsys):
     assert main(["stats", str(out)]) == 0
     text = capsys.readouterr().out
     assert "insert_count" in text and "flagged unclear_answer" in text
+    assert "generated images (repose), of 9 photos:" in text
     card = (out / "dataset_card.md").read_text()
     assert "## Verifier" in card and "flagged (written, keep false): unclear_answer" in card
+    assert "## Generated images" in card and "| re-posed targets: rejected | 9 |" in card
     assert (
         manifest["verify"]["flagged"] == {"unclear_answer": manifest["samples"]} and manifest["samples"] > 0
     )
@@ -135,8 +140,31 @@ def test_a_kept_re_posed_target_anchors_samples_referenced_from_its_photo(tmp_pa
             )
             assert all(c["source_image_id"] != target for c in ref["candidates"])
     assert hits >= 3
+    g = Output(tmp_path).read_manifest()["generated"]["repose"]
+    assert (
+        g["kept"]
+        == sum(1 for i in images.values() if (i.get("generation") or {}).get("use") == "repose")
+        >= 3
+    )
+    assert g["photos"] == g["kept"] + g["rejected"] + g["not_edited"] == 9
     assert main(["validate", str(tmp_path)]) == 0
     assert main(["audit", str(tmp_path), "--strict", "--json"]) == 0
+
+
+def test_photos_not_edited_are_counted(tmp_path, repo_root):
+    """repose's default choice (a subject seen whole) finds none among the tiny detector's speckled
+    masks: no photo is re-posed, and the manifest says so rather than leaving the step out."""
+    cfg = _cfg(repo_root, tmp_path, extra=["shards.verify=null"])
+    for st in cfg["steps"]:
+        if st["type"] == "repose":
+            for k in ("max_border_sides", "max_occluded", "max_part_share"):
+                st.pop(k)
+    build(cfg)
+    m = Output(tmp_path).read_manifest()
+    assert m["generated"]["repose"] == {"photos": 9, "kept": 0, "rejected": 0, "not_edited": 9}
+    ins = m["generated"]["insertion"]
+    assert ins["photos"] == 9 and ins["kept"] + ins["rejected"] + ins["not_edited"] == 9
+    assert not any(i.endswith("-rep") for i in Bank(tmp_path).images)
 
 
 def test_the_real_engine_pipeline_lacks_only_its_weights_and_photos(repo_root):
