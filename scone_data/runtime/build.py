@@ -380,18 +380,22 @@ def write_rejects(
     schema = schemas.arrow_schema("reject")
     reasons: Counter = Counter()
     account: dict[str, Counter] = {}
-    rejects_of = {p.name: p for p in part_paths(bank_root, "rejects")}
+    images_of = {p.name: p for p in part_paths(bank_root, "images")}
     with atomic_open(path, "wb") as f:
         with pq.ParquetWriter(f, schema, compression="zstd", write_statistics=True, store_schema=True) as w:
-            for part in part_paths(bank_root, "images"):
-                recs = read_part(rejects_of[part.name], "rejects") if part.name in rejects_of else []
-                generated_account(account, part, recs)
+            # every rejects part, in name order (units' parts, then those found outside any unit)
+            for part in part_paths(bank_root, "rejects"):
+                recs = read_part(part, "rejects")
+                if part.name in images_of:
+                    generated_account(account, images_of.pop(part.name), recs)
                 if recs:
                     w.write_table(schemas.to_table("reject", recs))
                     reasons.update(r["reason"] for r in recs)
             if duplicates:
                 w.write_table(schemas.to_table("reject", duplicates))
                 reasons.update(r["reason"] for r in duplicates)
+    for part in images_of.values():  # a unit's images part without its rejects part: nothing rejected
+        generated_account(account, part, [])
     out = {}
     for use, c in sorted(account.items()):
         if use in uses or c["kept"] or c["rejected"]:  # a build that generates nothing has no account
