@@ -419,11 +419,11 @@ def generated_account(account: dict[str, Counter], images_part: Path, rejects: l
     photo it kept (a generated image and its photo share a unit). Each photo has at most one generated
     image per use, so ``photos - kept - rejected`` photos had none (``insert`` found no label to
     insert, ``repose`` no subject seen whole)."""
-    from scone_data.stages.edit import GENERATED_URI, generated_use
+    from scone_data.stages.generated import GENERATED, generated_use
 
     uris = pq.read_table(storage.parquet_source(images_part), columns=["uri"]).column("uri").to_pylist()
     photos = {u for u in uris if generated_use(u) is None}
-    for use, suffix in GENERATED_URI.items():
+    for use, (_, suffix) in GENERATED.items():
         c = account.setdefault(use, Counter())
         c["photos"] += len(photos)
         c["kept"] += sum(1 for u in uris if u.endswith(suffix))

@@ -14,7 +14,8 @@ pipeline, weights digest, prompt, seed, steps, guidance):
 
 As a row stage (``process``: columns ``image``, ``edit_prompt``, ``edit_seed`` -> ``edited_image``,
 ``edit_provenance``) it runs in the executor's actor pools with a GPU request like the detector. The
-registered bank step is its subclass ``insert`` (:mod:`scone_data.stages.insert`). Weights are
+registered bank steps are its subclasses ``insert`` (:mod:`scone_data.stages.insert`) and ``repose``
+(:mod:`scone_data.stages.repose`), through :class:`~scone_data.stages.generated.EditStep`. Weights are
 checked before any work (a missing or corrupt file names itself and the fetch command); loading never
 touches the network. bf16 on GPUs, fp32 on CPUs (``bf16: auto``).
 """
@@ -34,16 +35,6 @@ EDIT_ARCHS = ("qwen_image_edit", "flux1_kontext_dev")
 PIPELINES = {"qwen_image_edit": "QwenImageEditPipeline", "flux1_kontext_dev": "FluxKontextPipeline",
              "tiny": "FluxKontextPipeline"}  # fmt: skip
 NO_PROMPT = "no_edit_prompt: empty instruction"
-ID_MAX = 64  # source_image.v1.json's image_id pattern: ^[A-Za-z0-9_-]{1,64}$
-# A generated image's uri is its photo's with this suffix, by its ``generation.use``.
-GENERATED_URI = {"insertion": "#insert", "repose": "#repose"}
-
-
-def generated_use(uri: str) -> str | None:
-    """The ``generation.use`` a uri's suffix names (a generated image's), or None for a photo."""
-    return next((use for use, suf in GENERATED_URI.items() if uri.endswith(suf)), None)
-
-
 # Buildings, fixed structures and large vehicles: nothing small is inserted beside them (a teddy bear to
 # the right of a pagoda) and a re-posed one goes outdoors (not a rocket in a kitchen). Matched by a
 # label's last word ("clock tower").
@@ -56,18 +47,7 @@ LARGE_THINGS = frozenset(
 def is_large(label: str) -> bool:
     """Whether ``label`` names a building, a fixed structure or a large vehicle (:data:`LARGE_THINGS`)."""
     words = label.strip().lower().split()
-    return bool(words) and (words[-1] in LARGE_THINGS or label.strip().lower() in LARGE_THINGS)
-
-
-def generated_id(image_id: str, suffix: str) -> str:
-    """A generated image's id: ``{image_id}-{suffix}``; a long id is shortened by a hash of it."""
-    import hashlib
-
-    out = f"{image_id}-{suffix}"
-    if len(out) <= ID_MAX:
-        return out
-    h = hashlib.sha256(image_id.encode()).hexdigest()[:16]
-    return f"{image_id[: ID_MAX - len(suffix) - 18]}-{h}-{suffix}"
+    return bool(words) and words[-1] in LARGE_THINGS
 
 
 @dataclass

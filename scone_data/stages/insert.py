@@ -1,7 +1,7 @@
 """Scone's distractor insertion as two bank steps: ``insert`` (before detect) and ``insert_check``
 (after subjects).
 
-``insert`` (:class:`InsertDistractors`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok
+``insert`` (:class:`InsertDistractors`, an :class:`~scone_data.stages.generated.EditStep`): for each ok
 row that names a label (:meth:`InsertDistractors.label_of`: a caption label its annotations have,
 else the caption's first vocabulary label, as the detector reads captions, else its first
 ``subject_tags`` entry), the edit model is asked to insert candidates beside it, with a seed of its
@@ -53,16 +53,16 @@ from typing import ClassVar
 import numpy as np
 
 from scone_data.pairs.instructions import plural
-from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
-from scone_data.stages.edit import ImageEdit, generated_id, is_large
-from scone_data.stages.model_stage import is_rgb_uint8
+from scone_data.stages.base import Batch, register_stage
+from scone_data.stages.edit import is_large
+from scone_data.stages.generated import GENERATED, EditRequest, EditStep, GeneratedCheck, generated_id
 
 SIDES = ("left", "right")
 
 
 def child_id(image_id: str) -> str:
-    """The generated image's id: ``{image_id}-ins`` (:func:`~scone_data.stages.edit.generated_id`)."""
-    return generated_id(image_id, "ins")
+    """The generated image's id: ``{image_id}-ins`` (:func:`~scone_data.stages.generated.generated_id`)."""
+    return generated_id(image_id, GENERATED["insertion"][0])
 
 
 # COCO labels (the detector's default vocabulary, so it finds them) of small things that sit
@@ -80,12 +80,6 @@ def _digest(seed: int, image_id: str) -> bytes:
     edit seed, byte 5 the count, byte 6 whether the insertion is cross-category, bytes 7..8 the
     other label (so a new draw never moves an old one)."""
     return hashlib.sha256(f"insert|{int(seed)}|{image_id}".encode()).digest()
-
-
-def _draw(seed: int, image_id: str) -> tuple[int, int]:
-    """(side index, edit seed) for one photo: a hash of the step's seed and the photo's id."""
-    d = _digest(seed, image_id)
-    return d[0] % 2, int.from_bytes(d[1:5], "big") & 0x7FFFFFFF
 
 
 def article(word: str) -> str:
@@ -121,7 +115,7 @@ def fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
 
 @register_stage
 @dataclass
-class InsertDistractors(ImageEdit):
+class InsertDistractors(EditStep):
     """The ``insert`` bank step (module docstring): one to ``max_count`` look-alikes of the photo's
     label, or (``cross_prob``) one instance of a ``cross_labels`` label the photo does not show,
     beside it; the model settings are :class:`ImageEdit`'s."""
@@ -129,9 +123,7 @@ class InsertDistractors(ImageEdit):
     name: ClassVar[str] = "insert"
     type: ClassVar[str] = "insert"
     needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "width", "height")
-    adds: ClassVar[dict[str, str]] = {"generation": "json", "group_id": "value"}
-    adds_rows: ClassVar[bool] = True
-    generates: ClassVar[str] = "insertion"  # its images' generation.use (the manifest's generated account)
+    generates: ClassVar[str] = "insertion"
 
     prompt: str = "add another {label} to the {side} of the {label}"
     vocabularies: tuple[str, ...] = ("coco",)  # caption labels, as the detector's
@@ -213,8 +205,8 @@ class InsertDistractors(ImageEdit):
         cross-category insertion (one instance of a cross label the photo does not show) with
         probability ``cross_prob``, else ``count`` look-alikes of ``label``, count in [1, max_count]."""
         d = _digest(self.seed, image_id)
-        k, seed = _draw(self.seed, image_id)
-        side = self.sides[k % len(self.sides)]
+        side = self.sides[(d[0] % 2) % len(self.sides)]
+        seed = int.from_bytes(d[1:5], "big") & 0x7FFFFFFF
         # nothing small beside a large thing: a teddy bear to the right of a pagoda is no scene
         if d[6] < self.cross_prob * 256 and not is_large(label):
             others = [
@@ -230,46 +222,22 @@ class InsertDistractors(ImageEdit):
         text = self.prompt_many.format(count=COUNT_WORDS[n], labels=plural(label), label=label, side=side)
         return side, seed, n, label, text
 
-    def process(self, batch: Batch) -> Batch:
+    def request(self, batch: Batch, i: int) -> EditRequest | None:
         n = len(batch["status"])
-        caption = batch.get("caption", [None] * n)
-        tags = batch.get("subject_tags", [None] * n)
-        # every batch gets the columns, edited or not: on Ray each unit is a block, and blocks of one
-        # dataset are best kept to one set of columns
-        for col in ("group_id", "generation", ADDED_BY):
-            batch.setdefault(col, [None] * n)
-        todo = []  # (row, label, side, seed, photo, count, inserted label, prompt)
-        for i in range(n):
-            if batch.get(ADDED_BY, [None] * n)[i] is not None or not is_rgb_uint8(batch["image"][i]):
-                continue  # a generated row is not edited again; a bad image is the detector's to reject
-            given = batch.get("subjects", [None] * n)[i]
-            label = self.label_of(caption[i], tags[i], given)
-            if label is None:
-                continue
-            shown = self.shown(label, caption[i], tags[i], given) if self.cross_prob > 0 else {label}
-            side, seed, count, other, prompt = self.plan(batch["image_id"][i], label, shown)
-            todo.append((i, label, side, seed, fit(batch["image"][i], self.max_side), count, other, prompt))
-        res = self.insert([t[4] for t in todo], [t[7] for t in todo], [t[3] for t in todo])
-        from scone_data.imageio import encode_png
-
-        for (i, label, side, _, photo, count, other, _), (img, prov) in zip(todo, res):
-            group = batch["group_id"][i] or batch["image_id"][i]
-            batch["group_id"][i] = group
-            h, w = img.shape[:2]
-            prov = {**prov, "parent_image_id": batch["image_id"][i], "label": label, "side": side,
-                    "count": count, "inserted_label": other,
-                    "input_size": [int(photo.shape[0]), int(photo.shape[1])]}  # fmt: skip
-            row = {c: v[i] for c, v in batch.items()}
-            row.update(
-                image=img, image_bytes=encode_png(img), width=w, height=h, image_id=child_id(row["image_id"]),
-                uri=f"{row['uri']}#insert", group_id=group,
-                subject_tags=list(dict.fromkeys([*(tags[i] or []), label, other])),
-                subjects=[], subject_rejects=[], annotations=None, generation=prov, status=OK, reason="",
-                rejected_by="", **{ADDED_BY: self.name},
-            )  # fmt: skip
-            for c in row:  # pos stays the photo's: the bank stores a generated image right after it
-                batch.setdefault(c, [None] * n).append(row.get(c))
-        return batch
+        caption = batch.get("caption", [None] * n)[i]
+        tags = batch.get("subject_tags", [None] * n)[i]
+        given = batch.get("subjects", [None] * n)[i]
+        label = self.label_of(caption, tags, given)
+        if label is None:
+            return None  # nothing named to insert beside
+        shown = self.shown(label, caption, tags, given) if self.cross_prob > 0 else {label}
+        side, seed, count, other, prompt = self.plan(batch["image_id"][i], label, shown)
+        photo = fit(batch["image"][i], self.max_side)
+        gen = {"parent_image_id": batch["image_id"][i], "label": label, "side": side, "count": count,
+               "inserted_label": other, "input_size": [int(photo.shape[0]), int(photo.shape[1])]}  # fmt: skip
+        # the detector looks for the label and the inserted one (a detector without fixed labels reads tags)
+        tags = list(dict.fromkeys([*(tags or []), label, other]))
+        return EditRequest(photo, prompt, seed, gen, {"subject_tags": tags})
 
 
 def _center_x(box) -> float:
@@ -338,7 +306,7 @@ def check_insertion(parent: list[dict], child: list[dict], label: str, side: str
 
 @register_stage
 @dataclass
-class InsertCheck(Stage):
+class InsertCheck(GeneratedCheck):
     """The ``insert_check`` bank step (module docstring): keeps a generated image only where the
     detector and the segmenter found exactly the candidates the edit was asked for, where they were
     asked for (:func:`check_insertion`)."""
@@ -346,22 +314,9 @@ class InsertCheck(Stage):
     name: ClassVar[str] = "insert_check"
     type: ClassVar[str] = "insert_check"
     needs: ClassVar[tuple[str, ...]] = ("subjects", "generation")
+    checks: ClassVar[str] = "insertion"
 
-    def process(self, batch: Batch) -> Batch:
-        n = len(batch["status"])
-        gen = batch.get("generation", [None] * n)
-        row_of = {batch["image_id"][i]: i for i in range(n) if gen[i] is None}
-        for i in range(n):
-            g = gen[i]
-            if not isinstance(g, dict) or g.get("use") != "insertion":
-                continue
-            j = row_of.get(g["parent_image_id"])
-            if j is None:  # rejected before (only ok rows reach a step)
-                reject(batch, i, f"insert_parent_rejected: {g['parent_image_id']}")
-                continue
-            scale = (batch["width"][i] / batch["width"][j], batch["height"][i] / batch["height"][j])
-            why = check_insertion(batch["subjects"][j], batch["subjects"][i], g["label"], g["side"], scale,
-                                  count=int(g.get("count") or 1), inserted=g.get("inserted_label"))  # fmt: skip
-            if why:
-                reject(batch, i, why)
-        return batch
+    def judge(self, batch: Batch, i: int, j: int, g: dict) -> str:
+        scale = (batch["width"][i] / batch["width"][j], batch["height"][i] / batch["height"][j])
+        return check_insertion(batch["subjects"][j], batch["subjects"][i], g["label"], g["side"], scale,
+                               count=int(g.get("count") or 1), inserted=g.get("inserted_label"))  # fmt: skip

@@ -2,10 +2,11 @@
 ``repose`` (after subjects) and ``repose_check`` (after a second detect, segment and subjects pass over
 what ``repose`` made).
 
-``repose`` (:class:`ReposeTargets`, an :class:`~scone_data.stages.edit.ImageEdit`): for each ok photo
-with subjects (not an image another step generated), its largest subject (mask area, then subject id)
-seen whole (:meth:`ReposeTargets.pick`: not cut by the frame on two sides or more, not covered by
-other subjects, not a part of another; a photo without one is not re-posed) is cut out by its mask, laid on a plain square canvas (``canvas_side`` pixels, the subject's longer side
+``repose`` (:class:`ReposeTargets`, an :class:`~scone_data.stages.generated.EditStep`): for each ok
+photo with subjects (not an image another step generated), its largest subject (mask area, then
+subject id) seen whole (:meth:`ReposeTargets.pick`: not cut by the frame on two sides or more, not
+covered by other subjects, not a part of another; a photo without one is not re-posed) is cut out by
+its mask, laid on a plain square canvas (``canvas_side`` pixels, the subject's longer side
 ``subject_frac`` of it) and the edit model is asked to show it in a scene drawn from the prompt file
 (``prompts/repose.<version>.txt``: the instruction, the caption and the scenes): "Show the mug of this
 picture on a sandy beach. Keep the mug exactly as in the picture, in a new pose and from a new
@@ -21,10 +22,10 @@ gets too), PNG bytes, ``caption`` "The mug on a sandy beach." (the sample's inst
 The generated image has no subjects yet: the pipeline lists ``detect``, ``sam`` and ``subjects`` again
 with ``only_added_by: repose`` (they see only these rows), then ``repose_check``
 (:class:`ReposeCheck`): a generated row stays only when it holds exactly one instance of the label,
-kept or dropped by the subjects step (``repose_count: 2 != 1 mug``: planning keeps every instance of a
-named label out of a target, so a second one would make the target unusable) whose colours inside its mask match the parent subject's (hue x
-saturation histogram intersection at least ``min_similarity``, else ``repose_unlike: 0.31 < 0.50
-mug``); ``repose_parent_rejected`` and ``repose_no_original`` when the photo or its subject is gone.
+kept or dropped by the subjects step (``repose_count: 2 != 1 mug``: planning keeps every instance of
+a named label out of a target, so a second one would make the target unusable), whose colours inside
+its mask match the parent subject's (hue x saturation histogram intersection at least
+``min_similarity``, else ``repose_unlike: 0.31 < 0.50 mug``); ``repose_parent_rejected`` and ``repose_no_original`` when the photo or its subject is gone.
 
 The planner (:mod:`scone_data.pairs.tasks`) lets a kept re-posed image anchor single-subject samples
 of every task: its intended subject is the re-posed one and that subject's reference is always cut from
@@ -33,7 +34,8 @@ stored in the bank, so ``regen`` never edits.
 
 Limits: one re-posed target per photo, of its largest subject seen whole; the scenes are generic places
 (any movable object, animal or person; buildings, fixed structures and large vehicles, ``LARGE_THINGS``
-of :mod:`~scone_data.stages.edit`, get outdoor places of their own); the colour check cannot tell two same-coloured objects apart.
+of :mod:`~scone_data.stages.edit`, get outdoor places of their own); the colour check cannot tell two
+same-coloured objects apart.
 """
 
 from __future__ import annotations
@@ -44,11 +46,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from scone_data.stages.base import ADDED_BY, OK, Batch, Stage, register_stage, reject
-from scone_data.stages.edit import ImageEdit, generated_id, is_large
-from scone_data.stages.model_stage import is_rgb_uint8
-
-SUFFIX = "rep"
+from scone_data.stages.base import Batch, register_stage
+from scone_data.stages.edit import flatten, is_large
+from scone_data.stages.generated import EditRequest, EditStep, GeneratedCheck
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,12 @@ def whole_view(masks: list[np.ndarray], k: int) -> tuple[int, float, float]:
     return sides, covered, part
 
 
-def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int, frac: float,
-                  background: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:  # fmt: skip
-    """The subject of ``mask`` cut from ``image`` and centred on a ``side`` x ``side`` plain canvas, its
-    longer side ``frac`` of the canvas; returns (canvas (side, side, 3) uint8, its box in the photo)."""
+def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int,
+                  frac: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:  # fmt: skip
+    """The subject of ``mask`` cut from ``image`` and centred on a ``side`` x ``side`` transparent canvas,
+    its longer side ``frac`` of the canvas (Lanczos for the colours, bilinear for the mask's edge);
+    returns (canvas (side, side, 4) uint8 RGBA, for :func:`~scone_data.stages.edit.flatten`, and the
+    subject's box in the photo)."""
     from PIL import Image
 
     ys, xs = np.nonzero(mask)
@@ -133,33 +135,27 @@ def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int, frac: float,
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     w, h = x1 - x0, y1 - y0
     s = frac * side / max(w, h)
-    nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    rgb = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).resize(
-        (nw, nh), Image.Resampling.LANCZOS
-    )
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    rgb = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).resize(size, Image.Resampling.LANCZOS)
     alpha = Image.fromarray((mask[y0:y1, x0:x1] > 0).astype(np.uint8) * 255).resize(
-        (nw, nh), Image.Resampling.BILINEAR
+        size, Image.Resampling.BILINEAR
     )
-    a = np.asarray(alpha, dtype=np.float32)[..., None] / 255.0
-    canvas = np.empty((side, side, 3), np.float32)
-    canvas[:] = np.asarray(background, np.float32)
-    ox, oy = (side - nw) // 2, (side - nh) // 2
-    region = canvas[oy : oy + nh, ox : ox + nw]
-    canvas[oy : oy + nh, ox : ox + nw] = np.asarray(rgb, np.float32) * a + region * (1 - a)
-    return canvas.round().astype(np.uint8), (x0, y0, x1, y1)
+    canvas = np.zeros((side, side, 4), np.uint8)
+    ox, oy = (side - size[0]) // 2, (side - size[1]) // 2
+    canvas[oy : oy + size[1], ox : ox + size[0], :3] = np.asarray(rgb)
+    canvas[oy : oy + size[1], ox : ox + size[0], 3] = np.asarray(alpha)
+    return canvas, (x0, y0, x1, y1)
 
 
 @register_stage
 @dataclass
-class ReposeTargets(ImageEdit):
+class ReposeTargets(EditStep):
     """The ``repose`` bank step (module docstring); the model settings are :class:`ImageEdit`'s."""
 
     name: ClassVar[str] = "repose"
     type: ClassVar[str] = "repose"
     needs: ClassVar[tuple[str, ...]] = ("image", "image_id", "width", "height", "subjects")
-    adds: ClassVar[dict[str, str]] = {"generation": "json", "group_id": "value"}
-    adds_rows: ClassVar[bool] = True
-    generates: ClassVar[str] = "repose"  # its images' generation.use (the manifest's generated account)
+    generates: ClassVar[str] = "repose"
 
     prompt_version: str = "v1"  # prompts/repose.<version>.txt: instruction, caption, scenes
     canvas_side: int = 1024  # the edit's input and output side (a multiple of 16)
@@ -215,48 +211,29 @@ class ReposeTargets(ImageEdit):
         super().setup()
         self._text = load_repose_text(self.prompt_version)
 
-    def process(self, batch: Batch) -> Batch:
-        from scone_data.imageio import encode_png
-
-        self._ensure()
-        n, text = len(batch["status"]), self._text
-        for col in ("group_id", "generation", ADDED_BY):
-            batch.setdefault(col, [None] * n)  # every unit's block gets the columns (see insert)
-        todo = []  # (row, subject, scene, seed, canvas, box)
-        for i in range(n):
-            if batch[ADDED_BY][i] is not None or not is_rgb_uint8(batch["image"][i]):
-                continue  # a generated image is never re-posed again; a bad image has no subjects
-            got = self.pick(batch["subjects"][i])
-            if got is None:
-                continue  # no subject seen whole: the photo is not re-posed
-            sub, mask = got
-            scenes = text.scenes_for(sub["label"])
-            k, seed = _draw(self.seed, batch["image_id"][i], len(scenes))
-            canvas, box = cutout_canvas(batch["image"][i], mask, int(self.canvas_side), float(self.subject_frac),
-                                        tuple(int(v) for v in self.background))  # fmt: skip
-            todo.append((i, sub, scenes[k], seed, canvas, box))
-        prompts = [text.prompt.format(label=s["label"], scene=scene) for _, s, scene, _, _, _ in todo]
-        res = self.edit_many("repose", [t[4] for t in todo], prompts, [t[3] for t in todo])
-        for (i, sub, scene, _, _, box), (img, prov) in zip(todo, res):
-            group = batch["group_id"][i] or batch["image_id"][i]
-            batch["group_id"][i] = group
-            label = sub["label"]
-            prov = {**prov, "parent_image_id": batch["image_id"][i], "parent_subject_id": sub["subject_id"],
-                    "label": label, "scene": scene, "cutout_box": list(box),
-                    "canvas_side": int(self.canvas_side), "subject_frac": float(self.subject_frac),
-                    **{f"repose_{k}": v for k, v in text.info.items()}}  # fmt: skip
-            h, w = img.shape[:2]
-            row = {c: v[i] for c, v in batch.items()}
-            row.update(
-                image=img, image_bytes=encode_png(img), width=w, height=h,
-                image_id=generated_id(row["image_id"], SUFFIX), uri=f"{row['uri']}#repose", group_id=group,
-                caption=text.caption.format(label=label, scene=scene), subject_tags=[label],
-                caption_provenance=None, subjects=[], subject_rejects=[], annotations=None, generation=prov,
-                status=OK, reason="", rejected_by="", **{ADDED_BY: self.name},
-            )  # fmt: skip
-            for c in row:
-                batch.setdefault(c, [None] * n).append(row.get(c))
-        return batch
+    def request(self, batch: Batch, i: int) -> EditRequest | None:
+        got = self.pick(batch["subjects"][i])
+        if got is None:
+            return None  # no subject seen whole: the photo is not re-posed
+        sub, mask = got
+        label, text = sub["label"], self._text
+        scenes = text.scenes_for(label)
+        k, seed = _draw(self.seed, batch["image_id"][i], len(scenes))
+        cutout, box = cutout_canvas(batch["image"][i], mask, int(self.canvas_side), float(self.subject_frac))
+        gen = {"parent_image_id": batch["image_id"][i], "parent_subject_id": sub["subject_id"], "label": label,
+               "scene": scenes[k], "cutout_box": list(box), "canvas_side": int(self.canvas_side),
+               "subject_frac": float(self.subject_frac), **{f"repose_{k}": v for k, v in text.info.items()}}  # fmt: skip
+        return EditRequest(
+            flatten(cutout, tuple(int(v) for v in self.background)),
+            text.prompt.format(label=label, scene=scenes[k]),
+            seed,
+            gen,
+            {
+                "caption": text.caption.format(label=label, scene=scenes[k]),
+                "subject_tags": [label],
+                "caption_provenance": None,
+            },  # fmt: skip
+        )
 
 
 def masked_similarity(img_a: np.ndarray, sub_a: dict, img_b: np.ndarray, sub_b: dict) -> float:
@@ -271,52 +248,38 @@ def masked_similarity(img_a: np.ndarray, sub_a: dict, img_b: np.ndarray, sub_b: 
 
 @register_stage
 @dataclass
-class ReposeCheck(Stage):
+class ReposeCheck(GeneratedCheck):
     """The ``repose_check`` bank step (module docstring): keeps a re-posed image only where the second
     detect/segment pass found exactly one subject of the label, coloured like the photo's."""
 
     name: ClassVar[str] = "repose_check"
     type: ClassVar[str] = "repose_check"
     needs: ClassVar[tuple[str, ...]] = ("image", "subjects", "generation")
+    checks: ClassVar[str] = "repose"
 
     min_similarity: float = 0.5  # as pairs.group_min_similarity: the same measure, the same floor
 
     def validate(self) -> list[str]:
-        return (
-            []
-            if 0 <= float(self.min_similarity) <= 1
-            else [f"min_similarity: {self.min_similarity} not in [0, 1]"]
-        )
+        if 0 <= float(self.min_similarity) <= 1:
+            return []
+        return [f"min_similarity: {self.min_similarity} not in [0, 1]"]
 
-    def process(self, batch: Batch) -> Batch:
-        n = len(batch["status"])
-        gen = batch.get("generation", [None] * n)
-        row_of = {batch["image_id"][i]: i for i in range(n) if gen[i] is None}
-        for i in range(n):
-            g = gen[i]
-            if not isinstance(g, dict) or g.get("use") != "repose":
-                continue
-            j = row_of.get(g["parent_image_id"])
-            if j is None:  # rejected before (only ok rows reach a step)
-                reject(batch, i, f"repose_parent_rejected: {g['parent_image_id']}")
-                continue
-            parent = next(
-                (s for s in batch["subjects"][j] if s["subject_id"] == g["parent_subject_id"]), None
-            )
-            if parent is None:
-                reject(batch, i, f"repose_no_original: {g['parent_subject_id']}")
-                continue
-            label = g["label"]
-            found = [s for s in batch["subjects"][i] if s["label"] == label]
-            # a dropped instance keeps its box, and planning keeps every target free of such instances
-            dropped = [
-                s for s in batch.get("subject_rejects", [None] * n)[i] or [] if s.get("label") == label
-            ]
-            if len(found) + len(dropped) != 1:
-                why = f" ({len(dropped)} dropped by subjects)" if dropped else ""
-                reject(batch, i, f"repose_count: {len(found) + len(dropped)} != 1 {label}{why}")
-                continue
-            sim = masked_similarity(batch["image"][j], parent, batch["image"][i], found[0])
-            if sim < self.min_similarity:
-                reject(batch, i, f"repose_unlike: {sim:.2f} < {self.min_similarity:.2f} {label}")
-        return batch
+    def judge(self, batch: Batch, i: int, j: int, g: dict) -> str:
+        parent = next((s for s in batch["subjects"][j] if s["subject_id"] == g["parent_subject_id"]), None)
+        if parent is None:
+            return f"repose_no_original: {g['parent_subject_id']}"
+        label = g["label"]
+        found = [s for s in batch["subjects"][i] if s["label"] == label]
+        # a dropped instance keeps its box, and planning keeps every target free of such instances
+        dropped = [
+            s
+            for s in batch.get("subject_rejects", [None] * len(batch["status"]))[i] or []
+            if s.get("label") == label
+        ]
+        if len(found) + len(dropped) != 1:
+            why = f" ({len(dropped)} dropped by subjects)" if dropped else ""
+            return f"repose_count: {len(found) + len(dropped)} != 1 {label}{why}"
+        sim = masked_similarity(batch["image"][j], parent, batch["image"][i], found[0])
+        if sim < self.min_similarity:
+            return f"repose_unlike: {sim:.2f} < {self.min_similarity:.2f} {label}"
+        return ""

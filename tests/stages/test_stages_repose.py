@@ -11,7 +11,8 @@ from scone_data.imageio import decode_image, encode_png, mask_to_rle, rle_to_mas
 from scone_data.runtime.config import settings_hash
 from scone_data.runtime.steps import make_stages
 from scone_data.stages.base import ADDED_BY, Stage
-from scone_data.stages.edit import generated_id
+from scone_data.stages.edit import flatten
+from scone_data.stages.generated import generated_id
 from scone_data.stages.repose import (
     ReposeCheck,
     ReposeTargets,
@@ -83,14 +84,15 @@ def test_the_prompt_file_has_an_instruction_a_caption_and_scenes():
 
 def test_cutout_canvas_centres_the_masked_pixels_on_a_plain_canvas():
     img, (m,) = _photo(0, [((30, 10, 70, 50), RED)])
-    canvas, box = cutout_canvas(img, m, 64, 0.5, (255, 255, 255))
+    rgba, box = cutout_canvas(img, m, 64, 0.5)
+    canvas = flatten(rgba, (255, 255, 255))
     assert canvas.shape == (64, 64, 3) and box == (30, 10, 70, 50)
     red = np.all(canvas == RED, axis=-1)
     ys, xs = np.nonzero(red)
     assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (16, 48, 16, 48)  # 40 px -> 32, centred
     assert np.all(canvas[:14] == 255) and np.all(canvas[:, :14] == 255)  # the photo's grey is gone
     with pytest.raises(ValueError, match="empty mask"):
-        cutout_canvas(img, np.zeros_like(m), 64, 0.5, (255, 255, 255))
+        cutout_canvas(img, np.zeros_like(m), 64, 0.5)
 
 
 def _mask(box, h=60, w=80):
