@@ -97,28 +97,32 @@ def _draw(seed: int, image_id: str, n_scenes: int) -> tuple[int, int]:
     return int.from_bytes(d[0:4], "big") % n_scenes, int.from_bytes(d[4:8], "big") & 0x7FFFFFFF
 
 
-def whole_view(masks: list[np.ndarray], k: int) -> tuple[int, float, float]:
-    """How whole subject ``k`` is seen: (sides of the frame its mask touches, the share of its convex
-    hull that other subjects' masks cover outside its own (what lies in front of it, or shows through
-    it), the largest share of its mask inside another subject's mask (a part: an eye of a cat))."""
+def whole_view(crops: list, k: int, width: int, height: int) -> tuple[int, float, float]:
+    """How whole subject ``k`` is seen, its mask and the others' as
+    :class:`~scone_data.stages.subjects.Crop`: (sides of the frame its mask touches, the share of its
+    convex hull that other subjects' masks cover outside its own (what lies in front of it, or shows
+    through it), the largest share of its mask inside another subject's mask (a part: an eye of a
+    cat)). Everything is counted inside its own crop."""
     import cv2
 
-    m = np.ascontiguousarray(masks[k] > 0).astype(np.uint8)
-    h, w = m.shape
-    ys, xs = np.nonzero(m)
-    sides = int(xs.min() <= 0) + int(ys.min() <= 0) + int(xs.max() >= w - 1) + int(ys.max() >= h - 1)
+    from scone_data.stages.subjects import border_sides, meet
+
+    c = crops[k]
+    m = np.pad(c.m, 1).astype(np.uint8)  # a zero border: the contour of a mask at its crop's edge closes
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = np.zeros((h, w), np.uint8)
+    hull = np.zeros(m.shape, np.uint8)
     cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(contours))], 1)
-    others = np.zeros((h, w), bool)
+    hull = hull[1:-1, 1:-1] > 0
+    others = np.zeros(c.m.shape, bool)
     part = 0.0
-    for j, o in enumerate(masks):
-        if j != k:
-            o = o > 0
-            others |= o
-            part = max(part, float((o & (m > 0)).sum()) / float(m.sum()))
-    covered = float((others & (hull > 0) & (m == 0)).sum()) / float(hull.sum())
-    return sides, covered, part
+    for j, o in enumerate(crops):
+        if j == k or (hit := meet(c, o)) is None:
+            continue
+        (ys, xs), om = hit
+        others[ys, xs] |= om
+        part = max(part, float((om & c.m[ys, xs]).sum()) / c.area)
+    covered = float((others & hull & ~c.m).sum()) / float(hull.sum())
+    return border_sides(c.rect(), width, height), covered, part
 
 
 def cutout_canvas(image: np.ndarray, mask: np.ndarray, side: int,
@@ -191,14 +195,17 @@ class ReposeTargets(EditStep):
     def pick(self, subjects: list[dict]) -> tuple[dict, np.ndarray] | None:
         """The subject to re-pose (see the settings above) and its mask, or None."""
         from scone_data.imageio import rle_to_mask
+        from scone_data.stages.subjects import Crop
 
         subs = sorted((s for s in subjects or [] if isinstance(s, dict) and s.get("mask_rle")),
                       key=lambda s: (-float(s.get("area_frac") or 0.0), s["subject_id"]))  # fmt: skip
-        masks = [rle_to_mask(s["mask_rle"]) for s in subs]
+        masks = [rle_to_mask(s["mask_rle"]) > 0 for s in subs]
+        crops = [Crop(m) for m in masks]
         for k, s in enumerate(subs):
-            if not masks[k].any():
+            if not crops[k].area:
                 continue
-            sides, covered, part = whole_view(masks, k)
+            h, w = masks[k].shape
+            sides, covered, part = whole_view(crops, k, w, h)
             if (
                 sides <= self.max_border_sides
                 and covered <= self.max_occluded

@@ -119,7 +119,14 @@ class Crop:
         return out
 
 
-def _sub(c: Crop, o: Crop) -> tuple[tuple[slice, slice], np.ndarray] | None:
+def border_sides(box, width: int, height: int, margin: float = 0) -> int:
+    """How many sides of the image (0..4) ``box`` (x0, y0, x1, y1; exclusive ends) comes within
+    ``margin`` pixels of."""
+    x0, y0, x1, y1 = box
+    return int(x0 <= margin) + int(y0 <= margin) + int(x1 >= width - margin) + int(y1 >= height - margin)
+
+
+def meet(c: Crop, o: Crop) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Where crops ``c`` and ``o`` meet: the slices of ``c.m`` and the matching part of ``o.m``."""
     win = c.window(o.x0, o.y0, o.x0 + o.m.shape[1], o.y0 + o.m.shape[0])
     if win is None:
@@ -161,7 +168,7 @@ def resolve_overlaps(masks: list[Crop | None], takers: set[int]) -> list[Crop | 
             continue
         m = None
         for j in sorted(takers):
-            if j == k or rank[j] >= rank[k] or (hit := _sub(c, masks[j])) is None:
+            if j == k or rank[j] >= rank[k] or (hit := meet(c, masks[j])) is None:
                 continue
             (ys, xs), other = hit
             if (c.m[ys, xs] & other).any():
@@ -275,9 +282,7 @@ class SubjectFilter(Stage):
         ):
             if s.get(key, 1.0) < floor:
                 return why, f"{key} {s.get(key):.3f}"
-        x0, y0, x1, y1 = s["box_xyxy"]
-        b = self.border_px
-        sides = (x0 <= b) + (y0 <= b) + (x1 >= w - b) + (y1 >= h - b)
+        sides = border_sides(s["box_xyxy"], w, h, self.border_px)
         if sides > self.max_border_sides:
             return "touches_border", f"{sides} sides"
         return None
@@ -298,11 +303,11 @@ class SubjectFilter(Stage):
         box, own = boxes[k], _box_area(boxes[k])
         total, over = 0.0, []
         for j in sorted(takers):
-            if j == k or c.area == 0 or own == 0 or (hit := _sub(c, masks[j])) is None:
+            if j == k or c.area == 0 or own == 0 or (hit := meet(c, masks[j])) is None:
                 continue
             o = boxes[j]
-            meet = (max(box[0], o[0]), max(box[1], o[1]), min(box[2], o[2]), min(box[3], o[3]))
-            if _box_area(meet) >= self.nest_share * own:
+            common = (max(box[0], o[0]), max(box[1], o[1]), min(box[2], o[2]), min(box[3], o[3]))
+            if _box_area(common) >= self.nest_share * own:
                 continue  # inside its neighbour: a part (hat, eye) or an occluder (a pedestrian before a bus)
             (ys, xs), other = hit
             share = float((c.m[ys, xs] & other).sum()) / c.area
@@ -382,7 +387,7 @@ class SubjectFilter(Stage):
                 elif over:
                     m = masks[k].m.copy()
                     for j in over:
-                        (ys, xs), other = _sub(masks[k], masks[j])
+                        (ys, xs), other = meet(masks[k], masks[j])
                         m[ys, xs] &= ~other
                     masks[k] = Crop(m, masks[k].x0, masks[k].y0)
                 else:
