@@ -134,27 +134,11 @@ class TaskPlanner:
         if isinstance(crop, str):
             return crop
         refs, names = [], []
-        reposed = self.bank.reposed.get(image_id)
         for b in intended:
-            if reposed is not None:
-                # a re-posed target's reference is always the real photo's subject it was made from
-                parent = self.bank.by_id.get(reposed[1])
-                if parent is None:
-                    return "repose_parent_unusable"
-                out = self._reference(task, parent, subs, rng)
-                if isinstance(out, str):
-                    return out
-                refs.append(replace(out[0], source="group"))
-                names.append(name_subject(out[1], len(names)))
-                continue
-            mate = self._group_mate(b, rng)
-            out = self._reference(task, mate, subs, rng) if mate is not None else "no_group_mate"
-            if isinstance(out, str):
-                if mate is not None:  # e.g. no unique expression in the other frame: use the target's own
-                    self.notes["group_reference_fallback"] += 1
-                out = self._reference(task, b, subs, rng)
+            if image_id in self.bank.reposed:
+                out = self._reposed_reference(task, image_id, subs, rng)
             else:
-                out = (replace(out[0], source="group"), out[1])
+                out = self._group_reference(task, b, subs, rng)
             if isinstance(out, str):
                 return out
             ref, phrase = out
@@ -206,6 +190,27 @@ class TaskPlanner:
         return self._intra(b, self.bank.by_image[b.image_id], rng)
 
     # ---- group sources --------------------------------------------------------------------------------
+    def _group_reference(self, task: str, b: BankSubject, subs: list[BankSubject], rng: random.Random):
+        """The reference showing ``b``: cut from its match in another image of its group (``source``
+        group) when :meth:`_group_mate` draws one and that reference can be made, else from ``b``."""
+        mate = self._group_mate(b, rng)
+        out = self._reference(task, mate, subs, rng) if mate is not None else "no_group_mate"
+        if not isinstance(out, str):
+            return replace(out[0], source="group"), out[1]
+        if mate is not None:  # e.g. no unique expression in the other frame: use the target's own
+            self.notes["group_reference_fallback"] += 1
+        return self._reference(task, b, subs, rng)
+
+    def _reposed_reference(self, task: str, image_id: str, subs: list[BankSubject], rng: random.Random):
+        """A re-posed target's reference: always the real photo's subject it was made from (``source``
+        group), never the generated target's own; ``repose_parent_unusable`` when the planner filtered
+        that subject out."""
+        parent = self.bank.by_id.get(self.bank.reposed[image_id][1])
+        if parent is None:
+            return "repose_parent_unusable"
+        out = self._reference(task, parent, subs, rng)
+        return out if isinstance(out, str) else (replace(out[0], source="group"), out[1])
+
     def _group_mate(self, b: BankSubject, rng: random.Random) -> BankSubject | None:
         """With ``group_reference_prob``, the subject in another image of ``b``'s group that matches it
         (same label, most similar colour inside the mask, at least ``group_min_similarity``); else None.
