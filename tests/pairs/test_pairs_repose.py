@@ -72,6 +72,7 @@ def test_a_re_posed_target_is_referenced_from_its_photo(reposed):
         assert all(x.image_id != REP for x in ref.candidates)
         if p.caption is not None:  # woven from the generated image's caption: the scene is named
             assert p.caption["text"] == CAPTION and "on a sandy beach" in p.instruction
+    assert any(p.caption is not None for p in mine)  # the scene-naming path above did run
     keys = [p.key for p in plans]
     assert len(keys) == len(set(keys))
     # rendered, the target is the generated image and the sample reads true
